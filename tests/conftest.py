@@ -1,0 +1,69 @@
+"""Shared fixtures: the real speech clips, their reference texts, and WER."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DEFAULT_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    """The folder of real recordings with refs.json: TRANSCRIBE_TEST_AUDIO, by default ../shared/audio.
+
+    Recognition is only ever tested on real speech, never on audio committed to this repository.
+    """
+    folder = Path(os.environ.get("TRANSCRIBE_TEST_AUDIO") or DEFAULT_AUDIO)
+    if not (folder / "refs.json").is_file():
+        pytest.skip(f"No test audio at {folder}: set TRANSCRIBE_TEST_AUDIO to a folder with refs.json and WAV clips")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def refs(audio_dir: Path) -> dict[str, str]:
+    """Reference transcripts by file name."""
+    return {name: entry["text"] for name, entry in json.loads((audio_dir / "refs.json").read_text()).items()}
+
+
+def load_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def normalize(text: str) -> str:
+    """Whisper's English normalizer where installed (numbers, spellings), else lower case without punctuation."""
+    try:
+        from whisper.normalizers import EnglishTextNormalizer
+    except ImportError:
+        pass
+    else:
+        return " ".join(EnglishTextNormalizer()(text).split())
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return " ".join(text.split())
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return float(len(hyp.split()))
+    return float(jiwer.wer(ref, hyp))
+
+
+def corpus_wer(pairs: list[tuple[str, str]]) -> float:
+    """WER over all words of all clips (not the mean of per-clip WERs)."""
+    import jiwer
+
+    refs = [normalize(r) for r, _ in pairs if normalize(r)]
+    hyps = [normalize(h) for r, h in pairs if normalize(r)]
+    return float(jiwer.wer(refs, hyps))

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class TranscribeConfig(AppConfig):
+    name = "transcribe"
+    verbose_name = _("Transcribe")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registration only: engines and weights load lazily on the first session.
+        from . import checks  # noqa: F401

@@ -1,0 +1,116 @@
+"""Settings of the transcribe app, read from one ``TRANSCRIBE`` dict in the project's settings.
+
+Example::
+
+    TRANSCRIBE = {
+        "MODEL": "tiny.en",          # a name, or a path to a CTranslate2 / openai-whisper model
+        "LANGUAGE": "en",            # default language; None lets a multilingual model detect it
+        "MAX_SESSIONS": 8,
+    }
+
+Every key is optional; ``DEFAULTS`` documents them. Values are read on every access through
+``transcribe_settings`` and the cache is dropped on Django's ``setting_changed`` signal, so
+``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # Engine: "faster-whisper" (CTranslate2, default), "openai-whisper" (PyTorch), or the dotted
+    # path of a class implementing transcribe.engines.base.STTEngine.
+    "ENGINE": "faster-whisper",
+    # Model name ("tiny.en", "base", ...) or a filesystem path. Names are resolved offline: weights
+    # shipped in pip packages first, then MODEL_CACHE, then (only with ALLOW_DOWNLOADS) the hub.
+    "MODEL": "tiny.en",
+    # Where joined/converted models live. None: $XDG_CACHE_HOME/django-transcribe (~/.cache/...).
+    "MODEL_CACHE": None,
+    # Let the resolver download weights from the Hugging Face hub. Off: never download.
+    "ALLOW_DOWNLOADS": False,
+    # "cpu", "cuda" or "auto".
+    "DEVICE": "cpu",
+    # CTranslate2 compute type; "default" picks int8 on CPU and float16 on CUDA.
+    "COMPUTE_TYPE": "default",
+    # Threads one inference call may use; 0: all cores.
+    "CPU_THREADS": 0,
+    # Default language of a session when the client does not say; None: detect (multilingual only).
+    "LANGUAGE": "en",
+    # Threads of the dedicated inference executor (jobs of all sessions share it).
+    "WORKERS": 1,
+    # Concurrent streaming sessions on this process; one more is closed with 4429.
+    "MAX_SESSIONS": 8,
+    # Longest session, in seconds of audio; the stream is finalized and closed past it.
+    "MAX_SESSION_SECONDS": 4 * 3600,
+    # Largest binary or text frame accepted, in bytes (4413 past it).
+    "MAX_FRAME_BYTES": 1024 * 1024,
+    # Seconds without any message before the socket closes with 4408.
+    "IDLE_TIMEOUT": 60,
+    # Keep the session's audio (issue: persistence); off by default in the app.
+    "STORE_AUDIO": False,
+    # "local": the in-process executor; "channels": remote runworker processes.
+    "INFERENCE": "local",
+    # Streaming policy (seconds unless said): re-decode the utterance every STEP of new audio,
+    # end an utterance after MIN_SILENCE of silence, cut one at MAX_UTTERANCE.
+    "STEP": 0.5,
+    # The first partial of an utterance comes after FIRST_STEP of speech, so text shows up early.
+    "FIRST_STEP": 0.3,
+    "MIN_SILENCE": 0.5,
+    "MAX_UTTERANCE": 15.0,
+    # Past SOFT_UTTERANCE seconds, a shorter pause (SOFT_SILENCE) already ends the utterance.
+    "SOFT_UTTERANCE": 8.0,
+    "SOFT_SILENCE": 0.2,
+    # Silero speech probability above which a 32 ms frame counts as speech.
+    "VAD_THRESHOLD": 0.5,
+    # Beam size of final decodes and of partial decodes.
+    "BEAM_SIZE": 5,
+    "PARTIAL_BEAM_SIZE": 1,
+    # Give Whisper the session's recent final text as context (better casing and continuity).
+    "USE_PROMPT": True,
+    # Seconds between ``status`` events.
+    "STATUS_INTERVAL": 1.0,
+}
+
+
+@cache
+def _merged() -> dict[str, Any]:
+    user = getattr(settings, "TRANSCRIBE", None) or {}
+    return {**DEFAULTS, **{k: v for k, v in user.items() if k in DEFAULTS}}
+
+
+class _Settings:
+    """Attribute access to the merged settings: ``transcribe_settings.MODEL``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return _merged()[name]
+        except KeyError:
+            raise AttributeError(f"Unknown TRANSCRIBE setting {name!r}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(_merged())
+
+    @property
+    def model_cache(self) -> Path:
+        import os
+
+        configured = _merged()["MODEL_CACHE"]
+        if configured:
+            return Path(configured).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "django-transcribe"
+
+
+transcribe_settings = _Settings()
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TRANSCRIBE":
+        _merged.cache_clear()

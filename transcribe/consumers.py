@@ -1,0 +1,239 @@
+"""``TranscribeConsumer``: the ``stt.v1`` WebSocket endpoint (DESIGN.md §3).
+
+Async on purpose: a session is one long-lived stream, and CPU work (decoding, inference) is
+offloaded to ffmpeg and the dedicated inference executor, so the loop only moves bytes and events.
+The consumer stays thin: protocol, auth, limits and persistence. The pipeline lives in
+``transcribe.streaming``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
+
+from .conf import transcribe_settings
+from .exceptions import DecodeError, EngineError
+from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessage, parse_message, parse_start
+
+logger = logging.getLogger(__name__)
+
+
+class TranscribeConsumer(AsyncWebsocketConsumer):
+    # Sessions streaming in this process, for MAX_SESSIONS.
+    active: ClassVar[set[TranscribeConsumer]] = set()
+
+    async def connect(self) -> None:
+        self.stt: Any = None
+        self.session: Any = None
+        self.finished = False
+        self.connected = False
+        self.last_activity = time.monotonic()
+        self.watchdog: asyncio.Task[None] | None = None
+        user = self.scope.get("user")
+        await self.accept()
+        # Close codes can only be told to a client after accepting (before, it just sees HTTP 403).
+        if user is None or not user.is_authenticated:
+            await self.close(code=CloseCode.NOT_AUTHENTICATED)
+            return
+        if len(self.active) >= transcribe_settings.MAX_SESSIONS:
+            logger.warning("At capacity (%d sessions): refusing a connection", len(self.active))
+            await self.close(code=CloseCode.AT_CAPACITY)
+            return
+        self.connected = True
+        self.active.add(self)
+        self.watchdog = asyncio.create_task(self._watch_idle())
+
+    async def disconnect(self, code: int) -> None:
+        self.connected = False
+        self.active.discard(self)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watchdog
+        if self.stt is not None and not self.finished:
+            # The client dropped: still decode and store what it said, it just can't be sent.
+            try:
+                await asyncio.wait_for(self.stt.flush(), timeout=30)
+            except Exception:
+                logger.exception("Could not flush session %s after a disconnect", self.session_id)
+            await self.stt.close()
+            await self._end_session("aborted")
+        elif self.stt is not None:
+            await self.stt.close()
+
+    @property
+    def session_id(self) -> str:
+        return str(self.session.pk) if self.session is not None else "-"
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.connected:
+            return
+        self.last_activity = time.monotonic()
+        size = len(bytes_data) if bytes_data is not None else len((text_data or "").encode())
+        if size > transcribe_settings.MAX_FRAME_BYTES:
+            await self.send_event("error", code=ErrorCode.TOO_LARGE, message=f"Frames are limited to {transcribe_settings.MAX_FRAME_BYTES} bytes")
+            await self.close(code=CloseCode.FRAME_TOO_LARGE)
+            return
+        try:
+            if bytes_data is not None:
+                await self.receive_audio(bytes_data)
+            else:
+                await self.receive_control(parse_message(text_data or ""))
+        except ProtocolError as exc:
+            await self.send_event("error", code=exc.code, message=str(exc))
+
+    async def receive_control(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "start":
+            if self.stt is not None:
+                raise ProtocolError("The session has already started")
+            await self.start(parse_start(message, transcribe_settings.LANGUAGE))
+        elif self.stt is None:
+            await self.violation(f'"{kind}" before "start"')
+        elif kind == "keepalive":
+            pass
+        elif kind == "finalize":
+            await self.stt.finalize()
+        elif kind == "stop":
+            await self.stop()
+        else:
+            raise ProtocolError(f"Unknown message type {kind!r}")
+
+    async def receive_audio(self, data: bytes) -> None:
+        if self.stt is None:
+            await self.violation('audio before "start"')
+            return
+        if self.finished:
+            return
+        try:
+            await self.stt.process_audio_chunk(data)
+        except DecodeError as exc:
+            logger.info("Bad audio in session %s: %s", self.session_id, exc)
+            self.stt.reset_decoder()
+            await self.send_event("error", code=ErrorCode.BAD_AUDIO, message=str(exc))
+        if self.stt.duration >= transcribe_settings.MAX_SESSION_SECONDS:
+            await self.send_event("error", code=ErrorCode.TOO_LARGE, message="The session reached MAX_SESSION_SECONDS")
+            await self.stop()
+
+    async def violation(self, what: str) -> None:
+        await self.send_event("error", code=ErrorCode.BAD_MESSAGE, message=f"Protocol violation: {what}")
+        await self.close(code=CloseCode.PROTOCOL_VIOLATION)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, start: StartMessage) -> None:
+        from .engines import get_engine
+        from .streaming import OptimizedRealtimeSTT
+
+        try:
+            engine = await asyncio.to_thread(get_engine)  # loads weights once per process
+        except EngineError as exc:
+            logger.error("Engine unavailable: %s", exc)
+            await self.send_event("error", code=ErrorCode.ENGINE_ERROR, message=str(exc))
+            await self.close(code=CloseCode.INTERNAL_ERROR)
+            return
+        language = start.language if engine.multilingual else "en"
+        self.session = await self._create_session(start, engine, language)
+        self.stt = OptimizedRealtimeSTT(on_event=self.on_pipeline_event, engine=engine, language=language, fmt=start.format)
+        logger.info("Session %s started (%s, %s)", self.session_id, start.format, language)
+        await self.send_event(
+            "ready",
+            session=self.session_id,
+            protocol=PROTOCOL,
+            resumed=False,
+            finals=[],
+            offset=0.0,
+            language=language,
+            limits={
+                "max_frame_bytes": transcribe_settings.MAX_FRAME_BYTES,
+                "max_session_seconds": transcribe_settings.MAX_SESSION_SECONDS,
+                "idle_timeout": transcribe_settings.IDLE_TIMEOUT,
+                "sample_rate": 16000,
+            },
+        )
+
+    async def stop(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        await self.stt.flush()
+        text, duration = await self._end_session("finished")
+        await self.send_event("closed", session=self.session_id, text=text, duration=round(duration, 3))
+        await self.close(code=CloseCode.NORMAL)
+
+    async def _watch_idle(self) -> None:
+        while True:
+            timeout = float(transcribe_settings.IDLE_TIMEOUT)
+            remaining = self.last_activity + timeout - time.monotonic()
+            if remaining <= 0:
+                logger.info("Session %s idle for %.0fs: closing", self.session_id, timeout)
+                if self.stt is not None and not self.finished:
+                    self.finished = True
+                    await self.stt.flush()
+                    await self._end_session("finished")
+                await self.close(code=CloseCode.IDLE_TIMEOUT)
+                return
+            await asyncio.sleep(min(remaining, 1.0))
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    async def on_pipeline_event(self, event: dict[str, Any]) -> None:
+        if event["type"] == "final":
+            # Committed before it is sent: a client never sees text the database doesn't have.
+            event = {"type": "final", "id": await self._store_final(event), **{k: v for k, v in event.items() if k != "type"}}
+        if self.connected:
+            await self.send(text_data=json.dumps(event))
+
+    async def send_event(self, kind: str, **fields: Any) -> None:
+        if self.connected:
+            await self.send(text_data=json.dumps({"type": kind, **fields}))
+
+    # -- persistence --------------------------------------------------------------------------
+
+    @database_sync_to_async
+    def _create_session(self, start: StartMessage, engine: Any, language: str | None) -> Any:
+        from .models import TranscriptSession
+
+        headers = dict(self.scope.get("headers", []))
+        return TranscriptSession.objects.create(
+            owner=self.scope["user"],
+            title=start.title,
+            language=language or "",
+            engine=engine.name,
+            model_name=engine.model_name,
+            audio_format=start.format,
+            client_info=headers.get(b"user-agent", b"").decode("latin-1")[:300],
+        )
+
+    @database_sync_to_async
+    def _store_final(self, event: dict[str, Any]) -> int:
+        from .models import TranscriptSegment
+
+        segment = TranscriptSegment.objects.create(
+            session=self.session,
+            seq=event["seq"],
+            start=event["start"],
+            end=event["end"],
+            text=event["text"],
+            words=event.get("words", []),
+        )
+        return int(segment.pk)
+
+    @database_sync_to_async
+    def _end_session(self, status: str) -> tuple[str, float]:
+        session = self.session
+        session.status = status
+        session.ended_at = timezone.now()
+        session.duration = self.stt.time_offset + self.stt.duration
+        session.save(update_fields=["status", "ended_at", "duration"])
+        return session.text, session.duration

@@ -1,0 +1,103 @@
+"""The engine protocol: what the streaming pipeline needs from a speech recognizer.
+
+Engines are plain classes with ``transcribe_numpy(audio, language, ...)``; third-party engines need not
+import anything from us (``typing.Protocol``), they only return ``Transcription`` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE = 16_000
+
+Audio = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One recognized word; times are seconds from the start of the audio passed to the engine."""
+
+    start: float
+    end: float
+    text: str
+    probability: float = 1.0
+
+    def shifted(self, offset: float) -> Word:
+        return Word(self.start + offset, self.end + offset, self.text, self.probability)
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+            "probability": round(self.probability, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One decoded segment with the statistics the hallucination guards need."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    avg_logprob: float = 0.0
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Transcription:
+    segments: tuple[Segment, ...]
+    language: str | None = None
+    duration: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for s in self.segments for w in s.words]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """Per-call knobs; engines ignore what they cannot honour."""
+
+    beam_size: int = 1
+    word_timestamps: bool = True
+    prompt: str | None = None
+    # 0.0: one greedy/beam pass. A tuple re-decodes at higher temperatures when a pass fails the
+    # compression/log-prob checks: better offline, but it multiplies the cost of junk audio.
+    temperature: float | tuple[float, ...] = 0.0
+    # Upper bound on generated tokens; bounds the cost of a hallucination loop on short audio.
+    max_new_tokens: int | None = None
+    # Called with each segment as soon as it is decoded (progress of long files); optional.
+    on_segment: Callable[[Segment], None] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class STTEngine(Protocol):
+    """A speech recognizer working on 16 kHz mono float32 arrays in [-1, 1]."""
+
+    name: str
+    model_name: str
+    multilingual: bool
+    supports_word_timestamps: bool
+
+    def transcribe_numpy(
+        self,
+        audio: Audio,
+        language: str | None,
+        options: DecodeOptions | None = None,
+    ) -> Transcription:
+        """Transcribe ``audio``; ``language=None`` asks a multilingual model to detect it."""
+        ...

@@ -1,0 +1,85 @@
+"""The default engine: faster-whisper (CTranslate2), int8 on CPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import EngineError
+from .base import Audio, DecodeOptions, Segment, Transcription, Word
+
+logger = logging.getLogger(__name__)
+
+
+class FasterWhisperEngine:
+    name = "faster-whisper"
+    supports_word_timestamps = True
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model_name: str | None = None,
+        device: str = "cpu",
+        compute_type: str = "default",
+        cpu_threads: int = 0,
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        if compute_type == "default":
+            compute_type = "int8" if device == "cpu" else "default"
+        self.model_name = model_name or Path(model_path).name
+        self.device = device
+        self.compute_type = compute_type
+        try:
+            self.model = WhisperModel(
+                str(model_path),
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads or (os.cpu_count() or 1),
+                local_files_only=True,
+            )
+        except Exception as exc:
+            raise EngineError(f"Could not load the faster-whisper model at {model_path}: {exc}") from exc
+        self.multilingual = bool(self.model.model.is_multilingual)
+        logger.info("Loaded faster-whisper %s (%s, %s)", self.model_name, device, compute_type)
+
+    def transcribe_numpy(
+        self, audio: Audio, language: str | None, options: DecodeOptions | None = None
+    ) -> Transcription:
+        opts = options or DecodeOptions()
+        if not self.multilingual:
+            language = "en"
+        try:
+            kwargs: dict[str, Any] = {
+                "language": language,
+                "beam_size": opts.beam_size,
+                "word_timestamps": opts.word_timestamps,
+                "initial_prompt": opts.prompt or None,
+                "temperature": opts.temperature,
+                "max_new_tokens": opts.max_new_tokens,
+                # The streaming pipeline passes its own context as the prompt, window by window.
+                "condition_on_previous_text": False,
+                "vad_filter": False,
+                **opts.extra,
+            }
+            segments, info = self.model.transcribe(audio, **kwargs)
+            result = []
+            for s in segments:  # a generator: decoding happens while we iterate
+                segment = Segment(
+                    start=float(s.start),
+                    end=float(s.end),
+                    text=s.text.strip(),
+                    words=tuple(Word(float(w.start), float(w.end), w.word.strip(), float(w.probability)) for w in s.words or ()),
+                    avg_logprob=float(s.avg_logprob),
+                    no_speech_prob=float(s.no_speech_prob),
+                    compression_ratio=float(s.compression_ratio),
+                )
+                result.append(segment)
+                if opts.on_segment is not None:
+                    opts.on_segment(segment)
+        except Exception as exc:
+            raise EngineError(f"faster-whisper failed: {exc}") from exc
+        return Transcription(tuple(result), language=info.language, duration=info.duration)

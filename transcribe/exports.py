@@ -1,0 +1,56 @@
+"""Transcript formats: plain text, SRT, WebVTT and JSON, from (start, end, text) segments."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+
+class Cue(NamedTuple):
+    start: float
+    end: float
+    text: str
+
+
+FORMATS = ("text", "srt", "vtt", "json")
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def to_text(cues: Iterable[Cue]) -> str:
+    return "\n".join(c.text.strip() for c in cues if c.text.strip()) + "\n"
+
+
+def to_srt(cues: Iterable[Cue]) -> str:
+    blocks = [
+        f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{c.text.strip()}\n"
+        for i, c in enumerate((c for c in cues if c.text.strip()), start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(cues: Iterable[Cue]) -> str:
+    blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text.strip()}\n" for c in cues if c.text.strip()]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def to_json(cues: Sequence[Cue], **extra: Any) -> str:
+    payload = {
+        "text": " ".join(c.text.strip() for c in cues if c.text.strip()),
+        "segments": [{"start": round(c.start, 3), "end": round(c.end, 3), "text": c.text.strip()} for c in cues],
+        **extra,
+    }
+    return json.dumps(payload, indent=2)
+
+
+def render(cues: Sequence[Cue], fmt: str, **extra: Any) -> str:
+    if fmt == "json":
+        return to_json(cues, **extra)
+    return {"text": to_text, "srt": to_srt, "vtt": to_vtt}[fmt](cues)

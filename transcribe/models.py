@@ -1,0 +1,86 @@
+"""Stored transcripts: one ``TranscriptSession`` per recording, one ``TranscriptSegment`` per final."""
+
+from __future__ import annotations
+
+import binascii
+import os
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class TranscriptSession(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("Active")
+        FINISHED = "finished", _("Finished")
+        ABORTED = "aborted", _("Aborted")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcript_sessions")
+    title = models.CharField(_("title"), max_length=200, blank=True)
+    language = models.CharField(_("language"), max_length=8, blank=True)
+    engine = models.CharField(_("engine"), max_length=100, blank=True)
+    model_name = models.CharField(_("model"), max_length=200, blank=True)
+    audio_format = models.CharField(_("audio format"), max_length=20, blank=True)
+    status = models.CharField(_("status"), max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    started_at = models.DateTimeField(_("started"), auto_now_add=True)
+    ended_at = models.DateTimeField(_("ended"), null=True, blank=True)
+    duration = models.FloatField(_("audio duration (s)"), default=0.0)
+    client_info = models.CharField(_("client"), max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["owner", "-started_at"]), models.Index(fields=["status"])]
+        verbose_name = _("transcript session")
+
+    def __str__(self) -> str:
+        return self.title or f"Session {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def text(self) -> str:
+        return " ".join(seg.display_text for seg in self.segments.all())
+
+
+class TranscriptSegment(models.Model):
+    session = models.ForeignKey(TranscriptSession, on_delete=models.CASCADE, related_name="segments")
+    seq = models.PositiveIntegerField(_("sequence"))
+    start = models.FloatField(_("start (s)"))
+    end = models.FloatField(_("end (s)"))
+    text = models.TextField(_("text"))
+    words = models.JSONField(_("words"), default=list, blank=True)
+    avg_logprob = models.FloatField(null=True, blank=True)
+    edited_text = models.TextField(_("edited text"), blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="transcribe_segment_unique_seq")]
+        verbose_name = _("transcript segment")
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.start:.1f}-{self.end:.1f}s"
+
+    @property
+    def display_text(self) -> str:
+        """Reviewed text wins over what the engine heard."""
+        return self.edited_text or self.text
+
+
+def generate_key() -> str:
+    return binascii.hexlify(os.urandom(20)).decode()
+
+
+class ApiToken(models.Model):
+    """A per-user key for non-browser clients (``Authorization: Token <key>`` or ``?token=``)."""
+
+    key = models.CharField(_("key"), max_length=40, primary_key=True, default=generate_key)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcribe_token")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("API token")
+
+    def __str__(self) -> str:
+        return f"Token for {self.user}"

@@ -1,0 +1,112 @@
+"""What text to show and what to keep: LocalAgreement-2 for partials, and hallucination guards.
+
+LocalAgreement-2 (Macháček et al., whisper_streaming): a word becomes *stable* once two consecutive
+hypotheses of the growing utterance agree on it and on everything before it. Stable words never
+change in later partials; the final of the utterance is a fresh, wider-beam decode that supersedes
+the partials.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..engines.base import Segment, Transcription, Word
+
+# Texts Whisper is known to invent on silence, music or noise (compared after normalization).
+SILENCE_PHANTOMS = frozenset(
+    {
+        "",
+        "you",
+        "thank you",
+        "thanks",
+        "thank you very much",
+        "thanks for watching",
+        "thank you for watching",
+        "thank you so much for watching",
+        "please subscribe",
+        "subtitles by the amara org community",
+        "bye",
+        "so",
+        "okay",
+        "oh",
+        "uh",
+        "um",
+        "hmm",
+        "the end",
+    }
+)
+
+NO_SPEECH_PROB = 0.6
+LOGPROB_FLOOR = -1.0
+COMPRESSION_RATIO = 2.4
+MAX_WORD_REPEATS = 4
+COLLAPSED_WORD = 0.02  # seconds: shorter than any spoken word
+COLLAPSED_RUN = 2
+
+_non_word = re.compile(r"[^\w']+")
+
+
+def normalize_word(text: str) -> str:
+    return _non_word.sub("", text.lower())
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(_non_word.sub(" ", text.lower()).split())
+
+
+def is_hallucination(segment: Segment) -> bool:
+    """Whisper's own rules: silence it decoded anyway, or a repetition loop."""
+    if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR:
+        return True
+    if segment.compression_ratio > COMPRESSION_RATIO:
+        return True
+    words = [normalize_word(w.text) for w in segment.words] or normalize_text(segment.text).split()
+    run = 1
+    for previous, current in zip(words, words[1:], strict=False):
+        run = run + 1 if current and current == previous else 1
+        if run > MAX_WORD_REPEATS:
+            return True
+    return False
+
+
+def drop_collapsed_tail(words: list[Word]) -> list[Word]:
+    """Whisper's phantom sign-offs ("We'll see you in the next one.") often come after the real
+    speech as a run of words squeezed into no time at all; cut such a trailing run."""
+    keep = len(words)
+    while keep and words[keep - 1].end - words[keep - 1].start < COLLAPSED_WORD:
+        keep -= 1
+    return words[:keep] if len(words) - keep >= COLLAPSED_RUN else words
+
+
+def accepted_words(result: Transcription, offset: float) -> list[Word]:
+    """Words of the segments that pass the guards, shifted to session time; [] for a phantom."""
+    words = [w.shifted(offset) for s in result.segments if not is_hallucination(s) for w in s.words]
+    words = drop_collapsed_tail([w for w in words if w.text])
+    if normalize_text(" ".join(w.text for w in words)) in SILENCE_PHANTOMS:
+        return []
+    return words
+
+
+def join_words(words: list[Word]) -> str:
+    return " ".join(w.text.strip() for w in words if w.text.strip())
+
+
+class LocalAgreement:
+    """Stable prefix of consecutive hypotheses of one utterance; ``stable`` never shrinks."""
+
+    def __init__(self) -> None:
+        self.stable: list[Word] = []
+        self._previous: list[str] = []
+
+    def update(self, words: list[Word]) -> tuple[list[Word], list[Word]]:
+        """Feed a new hypothesis; return (stable words, unstable tail)."""
+        current = [normalize_word(w.text) for w in words]
+        agreed = 0
+        for a, b in zip(self._previous, current, strict=False):
+            if a != b:
+                break
+            agreed += 1
+        if agreed > len(self.stable):
+            self.stable.extend(words[len(self.stable) : agreed])
+        self._previous = current
+        return self.stable, words[len(self.stable) :]

@@ -1,0 +1,347 @@
+"""``OptimizedRealtimeSTT``: one streaming session, from audio bytes to partial and final text.
+
+    decoder (ffmpeg pipe, or none for PCM) → ring buffer → Silero VAD + endpointer
+        → InferenceScheduler (≤ 1 job in flight) → LocalAgreement partials / guarded finals
+
+Events are plain ``stt.v1`` dicts handed to an async ``on_event`` callback, awaited in order; a
+``final`` is only followed by more events once the callback returns, so the consumer can commit it
+to the database before it is sent. Times in events are seconds of session audio (``time_offset``
+plus what this object received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..audio.buffer import OptimizedAudioBuffer
+from ..audio.decoder import StreamingDecoder, make_decoder
+from ..conf import transcribe_settings
+from ..engines import DecodeOptions, STTEngine, Word, get_engine
+from ..exceptions import EngineError
+from .policy import LocalAgreement, accepted_words, join_words
+from .scheduler import InferenceScheduler
+from .vad import FRAME, Endpointer, FrameHistory, StreamingVAD
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+Event = dict[str, Any]
+EventCallback = Callable[[Event], Awaitable[None]]
+
+PAD = int(0.2 * SAMPLE_RATE)  # audio kept around speech so word edges are not clipped
+PROMPT_CHARS = 200  # committed text given to Whisper as context
+WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
+
+
+def max_tokens(seconds: float) -> int:
+    """Generous for speech (fast talkers say ~4 tokens a second), short for a hallucination loop."""
+    return int(12 + 8 * seconds)
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    step: float = 0.5
+    first_step: float = 0.3
+    min_silence: float = 0.5
+    max_utterance: float = 15.0
+    soft_utterance: float = 8.0
+    soft_silence: float = 0.2
+    vad_threshold: float = 0.5
+    beam_size: int = 5
+    partial_beam_size: int = 1
+    status_interval: float = 1.0
+    use_prompt: bool = True
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> StreamingConfig:
+        values = {f.name: getattr(transcribe_settings, f.name.upper()) for f in fields(cls)}
+        return cls(**{**values, **overrides})
+
+
+@dataclass
+class Utterance:
+    start: int  # absolute sample where speech started (before padding)
+    agreement: LocalAgreement = field(default_factory=LocalAgreement)
+    decoded_until: int = 0  # buffer end covered by the last partial decode
+
+
+@dataclass
+class ChunkStats:
+    """Server-side handling time per audio chunk, inference excluded (bounded history)."""
+
+    seconds: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+class OptimizedRealtimeSTT:
+    def __init__(
+        self,
+        *,
+        on_event: EventCallback | None = None,
+        engine: STTEngine | None = None,
+        language: str | None = "en",
+        fmt: str = "pcm_s16le",
+        scheduler: InferenceScheduler | None = None,
+        time_offset: float = 0.0,
+        seq_start: int = 0,
+        prompt: str = "",
+        **config: Any,
+    ) -> None:
+        self.cfg = StreamingConfig.from_settings(**config)
+        self.engine = engine or get_engine()
+        self.language = language
+        self.fmt = fmt
+        self.time_offset = time_offset
+        self.events: list[Event] = []
+        self._on_event = on_event or self._collect
+        self.scheduler = scheduler or InferenceScheduler()
+        self.buffer = OptimizedAudioBuffer(max_seconds=self.cfg.max_utterance + 15)
+        self.decoder = make_decoder(fmt, self._on_pcm)
+        self.vad = StreamingVAD()
+        self.endpointer = Endpointer(
+            threshold=self.cfg.vad_threshold,
+            min_silence=self.cfg.min_silence,
+            soft_utterance=self.cfg.soft_utterance,
+            soft_silence=self.cfg.soft_silence,
+        )
+        self.history = FrameHistory(self.buffer.capacity // FRAME + 1)
+        self.utterance: Utterance | None = None
+        self.final_until = 0  # absolute sample where the last final's audio ended
+        self._finals: deque[tuple[int, int]] = deque()  # (start, end) sample ranges awaiting a final decode
+        self._job: asyncio.Task[None] | None = None
+        self._reapers: set[asyncio.Future[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.seq = seq_start
+        self.committed_text = prompt
+        self.transcribed_until = 0  # absolute sample up to which all speech has been decoded
+        self._next_status = self.cfg.status_interval
+        self.stats = ChunkStats()
+        self.closed = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    async def process_audio_chunk(self, data: bytes) -> None:
+        """Take one binary frame of the announced format; raises DecodeError on bad audio."""
+        await self.decoder.feed(data)
+
+    def reset_decoder(self) -> None:
+        """After bad audio: the next frame starts a fresh decoder (a new stream with its header)."""
+        if isinstance(self.decoder, StreamingDecoder):
+            old = self.decoder
+            self.decoder = make_decoder(self.fmt, self._on_pcm)
+            reaper = asyncio.ensure_future(old.abort())  # reaps the dead ffmpeg: no zombie
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
+
+    async def finalize(self) -> None:
+        """End the current utterance now (client's ``finalize``); its final follows."""
+        if self.utterance is not None:
+            self._end_utterance(self.buffer.end)
+            self.endpointer.in_speech = False
+        self._schedule()
+
+    async def flush(self) -> None:
+        """End of stream: decode what ffmpeg still holds, finalize, and wait for every final."""
+        await self.decoder.close()
+        await self.finalize()
+        while not self._idle.is_set() or self._finals:
+            await self._idle.wait()
+            self._schedule()
+            await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        """Abort: kill ffmpeg, cancel any job (its result is dropped). Idempotent."""
+        self.closed = True
+        abort = getattr(self.decoder, "abort", None)
+        if abort is not None:
+            await abort()
+        if self._job is not None and not self._job.done():
+            self._job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._job
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio received by this object."""
+        return self.buffer.end / SAMPLE_RATE
+
+    @property
+    def lag(self) -> float:
+        """Seconds of speech received but not yet transcribed."""
+        if self.utterance is None and not self._finals and self._idle.is_set():
+            return 0.0
+        return max(0, self.buffer.end - self.transcribed_until) / SAMPLE_RATE
+
+    # -- audio path (runs on the event loop: keep it cheap) ---------------------------------
+
+    async def _on_pcm(self, samples: npt.NDArray[np.float32]) -> None:
+        started = time.perf_counter()
+        if self.closed:
+            return
+        self.buffer.add_audio(samples)
+        probs = self.vad.process(samples)
+        self.history.extend(probs)
+        events: list[Event] = []
+        for ev in self.endpointer.update(probs):
+            if ev.kind == "start":
+                self.utterance = Utterance(start=ev.sample, decoded_until=ev.sample)
+                events.append({"type": "speech_started", "at": self._t(ev.sample)})
+            else:
+                # Pad into the silence, but never past half of it: the next word may follow soon.
+                silence = self.history.end * FRAME - ev.sample
+                self._end_utterance(ev.sample + min(PAD, silence // 2))
+        if self.utterance is not None:
+            self._maybe_cut()
+        elif not self._finals and self._idle.is_set():
+            # Nothing pending: non-speech is done with; keep a little pre-roll for the next start.
+            self.buffer.trim(self.buffer.end - PAD - FRAME * 4)
+            self.transcribed_until = self.buffer.end
+        self._schedule()
+        if self.duration >= self._next_status:
+            self._next_status += self.cfg.status_interval
+            events.append({"type": "status", "lag_ms": round(self.lag * 1000), "buffered_s": round(len(self.buffer) / SAMPLE_RATE, 2)})
+        self.stats.seconds.append(time.perf_counter() - started)
+        for event in events:
+            await self._emit(event)
+
+    def _end_utterance(self, end: int) -> None:
+        assert self.utterance is not None
+        end = min(end, self.buffer.end)
+        self._finals.append((self.utterance.start, end))
+        self.utterance = None
+
+    def _maybe_cut(self) -> None:
+        """Force a final at MAX_UTTERANCE, cutting at the quietest frame of the last 3 seconds."""
+        utt = self.utterance
+        assert utt is not None
+        limit = int(self.cfg.max_utterance * SAMPLE_RATE)
+        if self.buffer.end - utt.start < limit:
+            return
+        first, probs = self.history.window(self.buffer.end - 3 * SAMPLE_RATE, self.buffer.end)
+        cut = (first + int(np.argmin(probs))) * FRAME + FRAME // 2 if len(probs) else self.buffer.end
+        self._finals.append((utt.start, cut))
+        self.utterance = Utterance(start=cut, decoded_until=cut)
+        self.endpointer.restart(cut // FRAME)
+
+    # -- inference --------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self.closed or self._job is not None:
+            return
+        if self._finals:
+            start, end = self._finals.popleft()
+            self._start_job(self._final_job(start, end))
+            return
+        utt = self.utterance
+        if utt is None:
+            return
+        step = self.cfg.step if utt.agreement.stable or utt.decoded_until > utt.start else self.cfg.first_step
+        if self.buffer.end - utt.decoded_until >= step * SAMPLE_RATE:
+            self._start_job(self._partial_job(utt))
+
+    def _start_job(self, coro: Awaitable[None]) -> None:
+        self._idle.clear()
+        self._job = asyncio.ensure_future(coro)
+        self._job.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._job = None
+        self._idle.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("Streaming job failed", exc_info=exc)
+        self._schedule()
+
+    async def _decode(self, start: int, end: int, beam_size: int) -> list[Word]:
+        """Decode [start - PAD, end) and keep the words that pass the guards and overlap speech."""
+        begin = max(self.buffer.start, self.final_until, start - PAD)
+        audio = self.buffer.get(begin, end)
+        options = DecodeOptions(
+            beam_size=beam_size,
+            word_timestamps=True,
+            prompt=self.committed_text[-PROMPT_CHARS:] if self.cfg.use_prompt else None,
+            max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
+        )
+        result = await self.scheduler.run(self.engine.transcribe_numpy, audio, self.language, options)
+        return [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
+
+    def _is_voiced(self, word: Word) -> bool:
+        """Whisper invents words in silence ("Thank you."): keep only words the VAD heard."""
+        start = int((word.start - self.time_offset) * SAMPLE_RATE) - WORD_MARGIN
+        end = int((word.end - self.time_offset) * SAMPLE_RATE) + WORD_MARGIN
+        return self.history.peak(start, end) >= self.endpointer.off_threshold
+
+    async def _partial_job(self, utt: Utterance) -> None:
+        end = self.buffer.end
+        utt.decoded_until = end
+        try:
+            words = await self._decode(utt.start, end, self.cfg.partial_beam_size)
+        except EngineError as exc:
+            await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
+            return
+        self.transcribed_until = max(self.transcribed_until, end)
+        if self.utterance is not utt or not words:
+            return  # the utterance ended meanwhile: its final is on the way
+        stable, unstable = utt.agreement.update(words)
+        await self._emit(
+            {
+                "type": "partial",
+                "text": join_words(stable + unstable),
+                "stable": join_words(stable),
+                "unstable": join_words(unstable),
+                "start": round(words[0].start, 3),
+                "end": round(words[-1].end, 3),
+            }
+        )
+
+    async def _final_job(self, start: int, end: int) -> None:
+        try:
+            words = await self._decode(start, end, self.cfg.beam_size)
+        except EngineError as exc:
+            await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
+            words = []
+        self.transcribed_until = max(self.transcribed_until, end)
+        self.final_until = max(self.final_until, end)
+        if words:
+            text = join_words(words)
+            self.seq += 1
+            self.committed_text = f"{self.committed_text} {text}".strip()[-4 * PROMPT_CHARS :]
+            await self._emit(
+                {
+                    "type": "final",
+                    "seq": self.seq,
+                    "text": text,
+                    "start": round(words[0].start, 3),
+                    "end": round(words[-1].end, 3),
+                    "words": [w.as_dict() for w in words],
+                }
+            )
+        await self._emit({"type": "utterance_end", "at": self._t(end)})
+        if self.utterance is None:
+            self.buffer.trim(end - PAD)
+        else:
+            self.buffer.trim(min(end, self.utterance.start) - PAD)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _t(self, sample: int) -> float:
+        return round(self.time_offset + sample / SAMPLE_RATE, 3)
+
+    async def _emit(self, event: Event) -> None:
+        await self._on_event(event)
+
+    async def _collect(self, event: Event) -> None:
+        self.events.append(event)
+
+
+# The seed's public name.
+RealtimeSTT = OptimizedRealtimeSTT

@@ -1,0 +1,42 @@
+"""``InferenceScheduler``: at most one inference job in flight per session, on the shared executor.
+
+Sessions share the executor's FIFO queue, and since none can queue a second job before its first
+is done, one talkative session cannot starve the others. Audio that arrives while a job runs is
+not queued as more jobs: the next job simply reads the longer buffer (coalescing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TypeVar
+
+from .executor import get_executor
+
+T = TypeVar("T")
+
+
+class SchedulerBusyError(RuntimeError):
+    """A second job was submitted while the session's first one runs."""
+
+
+class InferenceScheduler:
+    def __init__(self, executor: Executor | None = None) -> None:
+        self.executor = executor or get_executor()
+        self.busy = False
+        self.jobs = 0
+        self.busy_seconds = 0.0  # wall time spent in jobs, queueing included
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.busy:
+            raise SchedulerBusyError("This session already has an inference job in flight")
+        self.busy = True
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            self.busy = False
+            self.jobs += 1
+            self.busy_seconds += time.perf_counter() - started
