@@ -20,7 +20,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils import timezone
 
 from .conf import transcribe_settings
-from .exceptions import DecodeError, EngineError
+from .models import TranscriptSessionStatus
+from .exceptions import EngineError
 from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessage, parse_message, parse_start
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 class TranscribeConsumer(AsyncWebsocketConsumer):
     # Sessions streaming in this process, for MAX_SESSIONS.
     active: ClassVar[set[TranscribeConsumer]] = set()
+    # Sessions whose client dropped, still being transcribed and stored.
+    draining: ClassVar[set[asyncio.Task[None]]] = set()
 
     async def connect(self) -> None:
         self.stt: Any = None
@@ -41,11 +44,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         await self.accept()
         # Close codes can only be told to a client after accepting (before, it just sees HTTP 403).
         if user is None or not user.is_authenticated:
-            await self.close(code=CloseCode.NOT_AUTHENTICATED)
+            await self.close(code=CloseCode.NOT_AUTHENTICATED, reason="not authenticated")
             return
         if len(self.active) >= transcribe_settings.MAX_SESSIONS:
             logger.warning("At capacity (%d sessions): refusing a connection", len(self.active))
-            await self.close(code=CloseCode.AT_CAPACITY)
+            await self.close(code=CloseCode.AT_CAPACITY, reason="server at capacity")
             return
         self.connected = True
         self.active.add(self)
@@ -59,15 +62,30 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self.watchdog
         if self.stt is not None and not self.finished:
-            # The client dropped: still decode and store what it said, it just can't be sent.
-            try:
-                await asyncio.wait_for(self.stt.flush(), timeout=30)
-            except Exception:
-                logger.exception("Could not flush session %s after a disconnect", self.session_id)
-            await self.stt.close()
-            await self._end_session("aborted")
+            # The client dropped mid-utterance: still decode and store what it said. This runs
+            # detached, since the server cancels a consumer that takes long to disconnect.
+            task = asyncio.create_task(self._finish_dropped_session())
+            self.draining.add(task)
+            task.add_done_callback(self.draining.discard)
         elif self.stt is not None:
             await self.stt.close()
+
+    async def _finish_dropped_session(self) -> None:
+        self.finished = True
+        try:
+            await asyncio.wait_for(self.stt.flush(), timeout=60)
+        except Exception:
+            logger.exception("Could not flush session %s after a disconnect", self.session_id)
+        finally:
+            await self.stt.close()
+        await self._end_session(TranscriptSessionStatus.ABORTED)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        # The session stops counting against MAX_SESSIONS as soon as we close, not when the client
+        # acknowledges it.
+        self.active.discard(self)
+        self.connected = False
+        await super().close(code=code, reason=reason)
 
     @property
     def session_id(self) -> str:
@@ -82,7 +100,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         size = len(bytes_data) if bytes_data is not None else len((text_data or "").encode())
         if size > transcribe_settings.MAX_FRAME_BYTES:
             await self.send_event("error", code=ErrorCode.TOO_LARGE, message=f"Frames are limited to {transcribe_settings.MAX_FRAME_BYTES} bytes")
-            await self.close(code=CloseCode.FRAME_TOO_LARGE)
+            await self.close(code=CloseCode.FRAME_TOO_LARGE, reason="frame too large")
             return
         try:
             if bytes_data is not None:
@@ -115,19 +133,14 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             return
         if self.finished:
             return
-        try:
-            await self.stt.process_audio_chunk(data)
-        except DecodeError as exc:
-            logger.info("Bad audio in session %s: %s", self.session_id, exc)
-            self.stt.reset_decoder()
-            await self.send_event("error", code=ErrorCode.BAD_AUDIO, message=str(exc))
+        await self.stt.process_audio_chunk(data)  # bad audio comes back as an ``error`` event
         if self.stt.duration >= transcribe_settings.MAX_SESSION_SECONDS:
             await self.send_event("error", code=ErrorCode.TOO_LARGE, message="The session reached MAX_SESSION_SECONDS")
             await self.stop()
 
     async def violation(self, what: str) -> None:
         await self.send_event("error", code=ErrorCode.BAD_MESSAGE, message=f"Protocol violation: {what}")
-        await self.close(code=CloseCode.PROTOCOL_VIOLATION)
+        await self.close(code=CloseCode.PROTOCOL_VIOLATION, reason="protocol violation")
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -140,7 +153,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         except EngineError as exc:
             logger.error("Engine unavailable: %s", exc)
             await self.send_event("error", code=ErrorCode.ENGINE_ERROR, message=str(exc))
-            await self.close(code=CloseCode.INTERNAL_ERROR)
+            await self.close(code=CloseCode.INTERNAL_ERROR, reason="engine unavailable")
             return
         language = start.language if engine.multilingual else "en"
         self.session = await self._create_session(start, engine, language)
@@ -167,7 +180,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             return
         self.finished = True
         await self.stt.flush()
-        text, duration = await self._end_session("finished")
+        text, duration = await self._end_session(TranscriptSessionStatus.FINISHED)
         await self.send_event("closed", session=self.session_id, text=text, duration=round(duration, 3))
         await self.close(code=CloseCode.NORMAL)
 
@@ -180,8 +193,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 if self.stt is not None and not self.finished:
                     self.finished = True
                     await self.stt.flush()
-                    await self._end_session("finished")
-                await self.close(code=CloseCode.IDLE_TIMEOUT)
+                    await self._end_session(TranscriptSessionStatus.FINISHED)
+                await self.close(code=CloseCode.IDLE_TIMEOUT, reason="idle timeout")
                 return
             await asyncio.sleep(min(remaining, 1.0))
 

@@ -11,11 +11,14 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 
+class TranscriptSessionStatus(models.TextChoices):
+    ACTIVE = "active", _("Active")
+    FINISHED = "finished", _("Finished")
+    ABORTED = "aborted", _("Aborted")
+
+
 class TranscriptSession(models.Model):
-    class Status(models.TextChoices):
-        ACTIVE = "active", _("Active")
-        FINISHED = "finished", _("Finished")
-        ABORTED = "aborted", _("Aborted")
+    Status = TranscriptSessionStatus
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcript_sessions")

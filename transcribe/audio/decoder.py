@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16_000
 Samples = npt.NDArray[np.float32]
 PcmCallback = Callable[[Samples], Awaitable[None]]
+ErrorCallback = Callable[["DecodeError"], Awaitable[None]]
 
 # ffmpeg demuxer names for the compressed formats of stt.v1.
 CONTAINER_FORMATS = {"webm": "webm", "ogg": "ogg", "wav": "wav"}
@@ -123,9 +124,11 @@ class PcmDecoder:
 class StreamingDecoder:
     """One persistent ffmpeg process decoding a WebM/Ogg stream fed chunk by chunk."""
 
-    def __init__(self, fmt: str, on_pcm: PcmCallback) -> None:
+    def __init__(self, fmt: str, on_pcm: PcmCallback, on_error: ErrorCallback | None = None) -> None:
         self.fmt = fmt
         self.on_pcm = on_pcm
+        self.on_error = on_error  # told when ffmpeg gives up between two writes
+        self._closing = False
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._stderr: asyncio.Task[bytes] | None = None
@@ -156,6 +159,10 @@ class StreamingDecoder:
                 samples = s16le_to_float32(memoryview(pending)[:usable])
                 del pending[:usable]
                 await self.on_pcm(samples)
+        await self._proc.wait()
+        if not self._closing and self.on_error is not None:
+            # ffmpeg quit on its own (bad input): say so now, not at the next write that may never come.
+            await self.on_error(await self._fail())
 
     async def _read_stderr(self) -> bytes:
         assert self._proc and self._proc.stderr
@@ -195,6 +202,7 @@ class StreamingDecoder:
         proc = self._proc
         if proc is None:
             return
+        self._closing = True
         try:
             if proc.stdin and not proc.stdin.is_closing():
                 proc.stdin.close()
@@ -215,6 +223,7 @@ class StreamingDecoder:
         proc = self._proc
         if proc is None:
             return
+        self._closing = True
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -229,9 +238,9 @@ class StreamingDecoder:
             proc.stdin.close()
 
 
-def make_decoder(fmt: str, on_pcm: PcmCallback) -> PcmDecoder | StreamingDecoder:
+def make_decoder(fmt: str, on_pcm: PcmCallback, on_error: ErrorCallback | None = None) -> PcmDecoder | StreamingDecoder:
     if fmt in PCM_FORMATS:
         return PcmDecoder(fmt, on_pcm)
     if fmt in CONTAINER_FORMATS:
-        return StreamingDecoder(fmt, on_pcm)
+        return StreamingDecoder(fmt, on_pcm, on_error)
     raise DecodeError(f"Unsupported audio format {fmt!r}; use one of {', '.join(FORMATS)}")

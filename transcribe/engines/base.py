@@ -20,7 +20,10 @@ Audio = npt.NDArray[np.float32]
 
 @dataclass(frozen=True, slots=True)
 class Word:
-    """One recognized word; times are seconds from the start of the audio passed to the engine."""
+    """One recognized word; times are seconds from the start of the audio passed to the engine.
+
+    ``text`` is kept as the tokenizer spells it, leading space included (" 42", "-line"), so words
+    join back into text exactly; ``as_dict`` gives it stripped."""
 
     start: float
     end: float
@@ -34,7 +37,7 @@ class Word:
         return {
             "start": round(self.start, 3),
             "end": round(self.end, 3),
-            "text": self.text,
+            "text": self.text.strip(),
             "probability": round(self.probability, 4),
         }
 

@@ -40,8 +40,8 @@ NO_SPEECH_PROB = 0.6
 LOGPROB_FLOOR = -1.0
 COMPRESSION_RATIO = 2.4
 MAX_WORD_REPEATS = 4
-COLLAPSED_WORD = 0.02  # seconds: shorter than any spoken word
-COLLAPSED_RUN = 2
+COLLAPSED_WORD = 0.05  # seconds: shorter than any spoken word
+MIN_WORD_PROBABILITY = 0.25  # mean over a segment; real speech scores far higher
 
 _non_word = re.compile(r"[^\w']+")
 
@@ -55,11 +55,19 @@ def normalize_text(text: str) -> str:
 
 
 def is_hallucination(segment: Segment) -> bool:
-    """Whisper's own rules: silence it decoded anyway, or a repetition loop."""
+    """Whisper's own rules (silence decoded anyway, repetition loops) plus word-level signs."""
     if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR:
         return True
     if segment.compression_ratio > COMPRESSION_RATIO:
         return True
+    if segment.words:
+        # Phantom sign-offs ("We'll see you in the next one.") come out squeezed into no time
+        # at all by the aligner, or with very low word confidence.
+        collapsed = sum(w.end - w.start < COLLAPSED_WORD for w in segment.words)
+        if len(segment.words) >= 2 and collapsed * 2 >= len(segment.words):
+            return True
+        if sum(w.probability for w in segment.words) / len(segment.words) < MIN_WORD_PROBABILITY:
+            return True
     words = [normalize_word(w.text) for w in segment.words] or normalize_text(segment.text).split()
     run = 1
     for previous, current in zip(words, words[1:], strict=False):
@@ -69,26 +77,17 @@ def is_hallucination(segment: Segment) -> bool:
     return False
 
 
-def drop_collapsed_tail(words: list[Word]) -> list[Word]:
-    """Whisper's phantom sign-offs ("We'll see you in the next one.") often come after the real
-    speech as a run of words squeezed into no time at all; cut such a trailing run."""
-    keep = len(words)
-    while keep and words[keep - 1].end - words[keep - 1].start < COLLAPSED_WORD:
-        keep -= 1
-    return words[:keep] if len(words) - keep >= COLLAPSED_RUN else words
-
-
 def accepted_words(result: Transcription, offset: float) -> list[Word]:
     """Words of the segments that pass the guards, shifted to session time; [] for a phantom."""
     words = [w.shifted(offset) for s in result.segments if not is_hallucination(s) for w in s.words]
-    words = drop_collapsed_tail([w for w in words if w.text])
+    words = [w for w in words if w.text.strip()]
     if normalize_text(" ".join(w.text for w in words)) in SILENCE_PHANTOMS:
         return []
     return words
 
 
 def join_words(words: list[Word]) -> str:
-    return " ".join(w.text.strip() for w in words if w.text.strip())
+    return "".join(w.text for w in words).strip()
 
 
 class LocalAgreement:

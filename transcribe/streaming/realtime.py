@@ -27,7 +27,7 @@ from ..audio.buffer import OptimizedAudioBuffer
 from ..audio.decoder import StreamingDecoder, make_decoder
 from ..conf import transcribe_settings
 from ..engines import DecodeOptions, STTEngine, Word, get_engine
-from ..exceptions import EngineError
+from ..exceptions import DecodeError, EngineError
 from .policy import LocalAgreement, accepted_words, join_words
 from .scheduler import InferenceScheduler
 from .vad import FRAME, Endpointer, FrameHistory, StreamingVAD
@@ -105,7 +105,7 @@ class OptimizedRealtimeSTT:
         self._on_event = on_event or self._collect
         self.scheduler = scheduler or InferenceScheduler()
         self.buffer = OptimizedAudioBuffer(max_seconds=self.cfg.max_utterance + 15)
-        self.decoder = make_decoder(fmt, self._on_pcm)
+        self.decoder = make_decoder(fmt, self._on_pcm, self._on_decode_error)
         self.vad = StreamingVAD()
         self.endpointer = Endpointer(
             threshold=self.cfg.vad_threshold,
@@ -118,6 +118,7 @@ class OptimizedRealtimeSTT:
         self.final_until = 0  # absolute sample where the last final's audio ended
         self._finals: deque[tuple[int, int]] = deque()  # (start, end) sample ranges awaiting a final decode
         self._job: asyncio.Task[None] | None = None
+        self._final_running = False
         self._reapers: set[asyncio.Future[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -131,17 +132,22 @@ class OptimizedRealtimeSTT:
     # -- public API -------------------------------------------------------------------------
 
     async def process_audio_chunk(self, data: bytes) -> None:
-        """Take one binary frame of the announced format; raises DecodeError on bad audio."""
-        await self.decoder.feed(data)
+        """Take one binary frame of the announced format. Bad audio becomes an ``error`` event
+        (code bad_audio); the stream goes on, and a compressed stream may restart with a header."""
+        try:
+            await self.decoder.feed(data)
+        except DecodeError as exc:
+            await self._on_decode_error(exc)
 
-    def reset_decoder(self) -> None:
-        """After bad audio: the next frame starts a fresh decoder (a new stream with its header)."""
+    async def _on_decode_error(self, exc: DecodeError) -> None:
+        logger.info("Bad audio: %s", exc)
         if isinstance(self.decoder, StreamingDecoder):
-            old = self.decoder
-            self.decoder = make_decoder(self.fmt, self._on_pcm)
-            reaper = asyncio.ensure_future(old.abort())  # reaps the dead ffmpeg: no zombie
+            # The next frame starts a fresh ffmpeg; the dead one is reaped (never a zombie).
+            old, self.decoder = self.decoder, make_decoder(self.fmt, self._on_pcm, self._on_decode_error)
+            reaper = asyncio.ensure_future(old.abort())
             self._reapers.add(reaper)
             reaper.add_done_callback(self._reapers.discard)
+        await self._emit({"type": "error", "code": "bad_audio", "message": str(exc)})
 
     async def finalize(self) -> None:
         """End the current utterance now (client's ``finalize``); its final follows."""
@@ -188,6 +194,14 @@ class OptimizedRealtimeSTT:
         started = time.perf_counter()
         if self.closed:
             return
+        if len(self.buffer) + len(samples) > self.buffer.capacity:
+            # Audio arrives faster than it is transcribed: wait for pending finals (they trim the
+            # buffer) instead of dropping speech. The wait propagates back to the socket or pipe.
+            while len(self.buffer) + len(samples) > self.buffer.capacity and (self._finals or self._final_running):
+                await self._idle.wait()
+                self._schedule()
+                await asyncio.sleep(0)
+            started = time.perf_counter()
         self.buffer.add_audio(samples)
         probs = self.vad.process(samples)
         self.history.extend(probs)
@@ -240,6 +254,7 @@ class OptimizedRealtimeSTT:
             return
         if self._finals:
             start, end = self._finals.popleft()
+            self._final_running = True
             self._start_job(self._final_job(start, end))
             return
         utt = self.utterance
@@ -256,6 +271,7 @@ class OptimizedRealtimeSTT:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._job = None
+        self._final_running = False
         self._idle.set()
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("Streaming job failed", exc_info=exc)
@@ -289,8 +305,10 @@ class OptimizedRealtimeSTT:
             await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
             return
         self.transcribed_until = max(self.transcribed_until, end)
-        if self.utterance is not utt or not words:
-            return  # the utterance ended meanwhile: its final is on the way
+        if not words or self.closed:
+            return
+        # Even if the utterance ended meanwhile, its final comes only after this job: the partial
+        # still shows the user text sooner, and the final then replaces it.
         stable, unstable = utt.agreement.update(words)
         await self._emit(
             {
