@@ -301,7 +301,11 @@ async def stream_audio(
         max_size=None,  # a resumed session's `ready` may carry many finals
         compression=None,  # audio does not deflate; don't spend CPU on both ends trying
     ) as ws:
-        await ws.send(json.dumps(start))
+        try:
+            await ws.send(json.dumps(start))
+        except ConnectionClosed:  # refused right after the handshake (not authenticated, at capacity)
+            result.close_code, result.close_reason = ws.close_code, ws.close_reason or ""
+            return result
         try:
             async with asyncio.timeout(ready_timeout):
                 ready = await _wait_ready(ws, record)

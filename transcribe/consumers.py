@@ -85,7 +85,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         # acknowledges it.
         self.active.discard(self)
         self.connected = False
-        await super().close(code=code, reason=reason)
+        # Autobahn (daphne) accepts only a plain int, not an IntEnum member.
+        await super().close(code=int(code) if isinstance(code, int) and not isinstance(code, bool) else code, reason=reason)
 
     @property
     def session_id(self) -> str:
