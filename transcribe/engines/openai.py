@@ -32,12 +32,11 @@ logger = logging.getLogger(__name__)
 
 _WORD_CHAR = re.compile(r"[^\W_]")  # a letter or digit of any script
 
-# Greedy/beam decoding only, by default. whisper's fallback (0.0, 0.2, ..., 1.0) re-samples a decode
-# that looks like a hallucination, best_of times per temperature, and its word-timestamp seeking can
-# then crawl: on 20 s of pink noise it took 1.3-40 s (random per run) at beam 1 and up to 80 s at beam 5
-# on 2 cores, which would stall every session sharing the inference worker. Pass
-# DecodeOptions(extra={"temperature": FALLBACK_TEMPERATURES}) to opt in.
-TEMPERATURE = 0.0
+# DecodeOptions.temperature defaults to 0.0 (one pass). whisper's fallback (0.0, 0.2, ..., 1.0)
+# re-samples a decode that looks like a hallucination, best_of times per temperature, and its
+# word-timestamp seeking can then crawl: on 20 s of pink noise it took 1.3-40 s (random per run) at
+# beam 1 and up to 80 s at beam 5 on 2 cores, which would stall every session sharing the inference
+# worker. Offline use may opt in with DecodeOptions(temperature=FALLBACK_TEMPERATURES).
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 SETTING_HINT = (
     "Set TRANSCRIBE['MODEL'] to a Whisper model name (e.g. 'tiny.en'), a CTranslate2 model folder or an "
@@ -191,9 +190,11 @@ class OpenAIWhisperEngine:
             "initial_prompt": opts.prompt or None,
             "fp16": self.device.startswith("cuda"),
             "condition_on_previous_text": False,
-            "temperature": TEMPERATURE,
+            "temperature": opts.temperature,
             "verbose": None,
         }
+        if opts.max_new_tokens:
+            kwargs["sample_len"] = opts.max_new_tokens  # whisper's name for the token budget
         if opts.beam_size > 1:
             # Beam search applies at temperature 0; best_of is what the hotter fallbacks sample.
             kwargs.update(beam_size=opts.beam_size, best_of=opts.beam_size)

@@ -102,7 +102,8 @@ class Command(BaseCommand):
                     word_timestamps=False,
                     temperature=OFFLINE_TEMPERATURES,
                     on_segment=on_segment,
-                    extra={"condition_on_previous_text": True} if engine.name == "faster-whisper" else {},
+                    # Offline, each 30 s window may use the previous one's text, as Whisper's CLI does.
+                    extra={"condition_on_previous_text": True},
                 ),
             )
         except TranscribeError as exc:
