@@ -57,7 +57,9 @@ class NoInference:
     multilingual = False
     supports_word_timestamps = True
 
-    def transcribe_numpy(self, audio: np.ndarray, language: str | None, options: DecodeOptions | None = None) -> Transcription:
+    def transcribe_numpy(
+        self, audio: np.ndarray, language: str | None, options: DecodeOptions | None = None
+    ) -> Transcription:
         return Transcription(())
 
 
@@ -71,9 +73,31 @@ def load_stream(seconds: float) -> np.ndarray:
 def encode_webm_chunks(pcm: np.ndarray, chunk_ms: int) -> list[bytes]:
     """WebM/Opus cut into pieces of about chunk_ms of audio each, like MediaRecorder timeslices."""
     webm = subprocess.run(
-        [find_ffmpeg(), "-loglevel", "error", "-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "pipe:0",
-         "-c:a", "libopus", "-b:a", "32k", "-cluster_time_limit", str(chunk_ms), "-f", "webm", "pipe:1"],
-        input=pcm.tobytes(), capture_output=True, check=True,
+        [
+            find_ffmpeg(),
+            "-loglevel",
+            "error",
+            "-f",
+            "s16le",
+            "-ar",
+            "16000",
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-cluster_time_limit",
+            str(chunk_ms),
+            "-f",
+            "webm",
+            "pipe:1",
+        ],
+        input=pcm.tobytes(),
+        capture_output=True,
+        check=True,
     ).stdout
     n = int(len(pcm) / SAMPLE_RATE * 1000 / chunk_ms)
     size = -(-len(webm) // n)
@@ -90,23 +114,42 @@ def before(chunks: list[bytes]) -> list[float]:
         started = time.perf_counter()
         received.append(chunk)
         blob = b"".join(received)  # 6: re-join every chunk so far
-        with tempfile.NamedTemporaryFile(suffix=".webm") as src, tempfile.NamedTemporaryFile(suffix=".pcm") as dst:
+        with (
+            tempfile.NamedTemporaryFile(suffix=".webm") as src,
+            tempfile.NamedTemporaryFile(suffix=".pcm") as dst,
+        ):
             src.write(blob)  # 2: temp file in
             src.flush()
             subprocess.run(  # 1: blocking ffmpeg
-                [ffmpeg, "-y", "-loglevel", "fatal", "-i", src.name, "-f", "s16le", "-ac", "1", "-ar", "16000", dst.name],
+                [
+                    ffmpeg,
+                    "-y",
+                    "-loglevel",
+                    "fatal",
+                    "-i",
+                    src.name,
+                    "-f",
+                    "s16le",
+                    "-ac",
+                    "1",
+                    "-ar",
+                    "16000",
+                    dst.name,
+                ],
                 check=True,
             )
-            pcm = np.frombuffer(Path(dst.name).read_bytes(), dtype=np.int16).astype(np.float32) / 32768  # 2: temp file out
+            pcm = (
+                np.frombuffer(Path(dst.name).read_bytes(), dtype=np.int16).astype(np.float32) / 32768
+            )  # 2: temp file out
         new = pcm[len(buffer) :]
         buffer = np.concatenate([buffer, new])  # 4: concatenate on every add
         if i % 5 == 0:
-            with tempfile.NamedTemporaryFile(suffix=".wav") as wav_file:  # 3: temp WAV for Whisper
-                with wave.open(wav_file.name, "wb") as w:
-                    w.setnchannels(1)
-                    w.setsampwidth(2)
-                    w.setframerate(SAMPLE_RATE)
-                    w.writeframes((buffer[-30 * SAMPLE_RATE :] * 32767).astype(np.int16).tobytes())
+            # 3: temp WAV for Whisper
+            with tempfile.NamedTemporaryFile(suffix=".wav") as wav_file, wave.open(wav_file.name, "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(SAMPLE_RATE)
+                w.writeframes((buffer[-30 * SAMPLE_RATE :] * 32767).astype(np.int16).tobytes())
         times.append(time.perf_counter() - started)
     return times
 
@@ -140,11 +183,17 @@ def measure(fn):  # type: ignore[no-untyped-def]
 
 def stats(times: list[float]) -> dict[str, float]:
     ms = np.array(times) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3), "max_ms": round(float(ms.max()), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chunk-ms", type=int, default=250)
     parser.add_argument("--verbose", action="store_true")
@@ -177,8 +226,15 @@ def main() -> None:
     }
     if args.verbose:
         print(f"{'pipeline':<14}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}{'peak MiB':>10}", file=sys.stderr)
-        for name, row in (("before (webm)", result["before_webm"]), ("after (webm)", result["after_webm"]), ("after (pcm)", result["after_pcm"])):
-            print(f"{name:<14}{row['p50_ms']:>10}{row['p95_ms']:>10}{row['max_ms']:>10}{row['peak_alloc_mib']:>10}", file=sys.stderr)
+        for name, row in (
+            ("before (webm)", result["before_webm"]),
+            ("after (webm)", result["after_webm"]),
+            ("after (pcm)", result["after_pcm"]),
+        ):
+            print(
+                f"{name:<14}{row['p50_ms']:>10}{row['p95_ms']:>10}{row['max_ms']:>10}{row['peak_alloc_mib']:>10}",
+                file=sys.stderr,
+            )
     print(json.dumps(result))
 
 

@@ -55,7 +55,6 @@ TEMPLATES = [
 ]
 
 
-
 def database_from_url(url: str) -> dict[str, object]:
     """``sqlite:///path/to/db.sqlite3`` or ``postgres://user:pass@host:port/name`` (psycopg 3)."""
     parsed = urlsplit(url)
@@ -73,7 +72,9 @@ def database_from_url(url: str) -> dict[str, object]:
     raise ValueError(f"Unsupported DATABASE_URL scheme {parsed.scheme!r}: use sqlite:// or postgres://")
 
 
-DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))}
+DATABASES = {
+    "default": database_from_url(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))
+}
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -100,5 +101,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"transcribe": {"handlers": ["console"], "level": os.environ.get("TRANSCRIBE_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "transcribe": {"handlers": ["console"], "level": os.environ.get("TRANSCRIBE_LOG_LEVEL", "INFO")}
+    },
 }

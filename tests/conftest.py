@@ -22,7 +22,9 @@ def audio_dir() -> Path:
     """
     folder = Path(os.environ.get("TRANSCRIBE_TEST_AUDIO") or DEFAULT_AUDIO)
     if not (folder / "refs.json").is_file():
-        pytest.skip(f"No test audio at {folder}: set TRANSCRIBE_TEST_AUDIO to a folder with refs.json and WAV clips")
+        pytest.skip(
+            f"No test audio at {folder}: set TRANSCRIBE_TEST_AUDIO to a folder with refs.json and WAV clips"
+        )
     return folder
 
 

@@ -40,7 +40,9 @@ def communicator(user: Any | None, path: str = "/ws/transcribe/") -> WebsocketCo
 async def start(comm: WebsocketCommunicator, **fields: Any) -> dict[str, Any]:
     connected, _ = await comm.connect()
     assert connected
-    await comm.send_json_to({"type": "start", "format": "pcm_s16le", "sample_rate": 16000, "language": "en", **fields})
+    await comm.send_json_to(
+        {"type": "start", "format": "pcm_s16le", "sample_rate": 16000, "language": "en", **fields}
+    )
     ready = await comm.receive_json_from(timeout=10)
     assert ready["type"] == "ready", ready
     return ready
@@ -55,7 +57,9 @@ async def receive_until(comm: WebsocketCommunicator, kind: str, timeout: float =
             return events
 
 
-async def stream(comm: WebsocketCommunicator, data: bytes, chunk: int = CHUNK, pause: float = 0.0) -> list[dict[str, Any]]:
+async def stream(
+    comm: WebsocketCommunicator, data: bytes, chunk: int = CHUNK, pause: float = 0.0
+) -> list[dict[str, Any]]:
     """Send everything (``pause`` seconds between frames), then stop; return every event up to ``closed``."""
     for i in range(0, len(data), chunk):
         await comm.send_to(bytes_data=data[i : i + chunk])
@@ -69,7 +73,20 @@ async def stream(comm: WebsocketCommunicator, data: bytes, chunk: int = CHUNK, p
 
 def webm_of(path: Path) -> bytes:
     return subprocess.run(
-        [find_ffmpeg(), "-loglevel", "error", "-i", str(path), "-c:a", "libopus", "-b:a", "32k", "-f", "webm", "pipe:1"],
+        [
+            find_ffmpeg(),
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-f",
+            "webm",
+            "pipe:1",
+        ],
         check=True,
         capture_output=True,
     ).stdout
@@ -81,7 +98,11 @@ async def test_anonymous_is_closed_with_4401() -> None:
     comm = communicator(AnonymousUser())
     connected, _ = await comm.connect()
     assert connected
-    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": CloseCode.NOT_AUTHENTICATED, "reason": "not authenticated"}
+    assert await comm.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": CloseCode.NOT_AUTHENTICATED,
+        "reason": "not authenticated",
+    }
 
 
 async def test_pcm_stream_gives_stored_finals(user: Any, audio_dir: Path, refs: dict[str, str]) -> None:
@@ -98,8 +119,14 @@ async def test_pcm_stream_gives_stored_finals(user: Any, audio_dir: Path, refs: 
     # Measured 0.0 (tiny.en, Whisper's normalizer); the bound leaves room for timing-dependent cuts.
     assert wer(refs["jfk.wav"], closed["text"]) <= 0.10
     assert closed["session"] == ready["session"] and 10.5 < closed["duration"] < 11.5
-    stored = await database_sync_to_async(lambda: list(TranscriptSegment.objects.filter(session_id=ready["session"]).values("id", "seq", "text")))()
-    assert [(s["id"], s["seq"], s["text"]) for s in stored] == [(f["id"], f["seq"], f["text"]) for f in finals]
+    stored = await database_sync_to_async(
+        lambda: list(
+            TranscriptSegment.objects.filter(session_id=ready["session"]).values("id", "seq", "text")
+        )
+    )()
+    assert [(s["id"], s["seq"], s["text"]) for s in stored] == [
+        (f["id"], f["seq"], f["text"]) for f in finals
+    ]
     session = await TranscriptSession.objects.aget(pk=ready["session"])
     assert session.status == "finished" and session.title == "JFK" and session.engine == "faster-whisper"
 
@@ -151,7 +178,12 @@ async def test_garbage_webm_gives_error_and_the_socket_stays_open(user: Any) -> 
 async def test_bad_messages_get_errors_not_closes(user: Any) -> None:
     comm = communicator(user)
     await start(comm)
-    for frame, code in (("not json", "bad_message"), ('{"type": "dance"}', "bad_message"), ("[1, 2]", "bad_message"), ('{"type": "start"}', "bad_message")):
+    for frame, code in (
+        ("not json", "bad_message"),
+        ('{"type": "dance"}', "bad_message"),
+        ("[1, 2]", "bad_message"),
+        ('{"type": "start"}', "bad_message"),
+    ):
         await comm.send_to(text_data=frame)
         event = await comm.receive_json_from(timeout=5)
         assert (event["type"], event["code"]) == ("error", code)
@@ -246,8 +278,8 @@ async def test_token_auth_through_the_project_routing(user: Any, audio_dir: Path
     await bad.connect()
     assert (await bad.receive_output(timeout=5))["code"] == CloseCode.NOT_AUTHENTICATED
 
-    foreign = WebsocketCommunicator(application, "/ws/transcribe/", headers=[(b"origin", b"http://evil.example")])
+    foreign = WebsocketCommunicator(
+        application, "/ws/transcribe/", headers=[(b"origin", b"http://evil.example")]
+    )
     connected, _ = await foreign.connect()
     assert not connected
-
-

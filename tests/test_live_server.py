@@ -30,11 +30,21 @@ def daphne_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     """A migrated SQLite file, a user with a token and daphne serving project.asgi, as a newcomer
     would run them; yields (websocket URL, token)."""
     db = tmp_path_factory.mktemp("live") / "db.sqlite3"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "DJANGO_SETTINGS_MODULE": "project.settings", "DJANGO_DEBUG": "0"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{db}",
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "DJANGO_DEBUG": "0",
+    }
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
     token = subprocess.run(
-        [*manage, "transcribe_token", "newcomer", "--create-user"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        [*manage, "transcribe_token", "newcomer", "--create-user"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     port = free_port()
     server = subprocess.Popen(
@@ -70,9 +80,13 @@ def run_client(url: str, clip: Path, *args: str) -> tuple[int, list[dict[str, ob
 
 
 @pytest.mark.parametrize("fmt", ["pcm_s16le", "webm"])
-def test_reference_client_streams_a_file(daphne_server: tuple[str, str], audio_dir: Path, refs: dict[str, str], fmt: str) -> None:
+def test_reference_client_streams_a_file(
+    daphne_server: tuple[str, str], audio_dir: Path, refs: dict[str, str], fmt: str
+) -> None:
     url, token = daphne_server
-    code, events = run_client(url, audio_dir / "librispeech_1272-128104-0000.wav", "--token", token, "--format", fmt, "--speed", "2")
+    code, events = run_client(
+        url, audio_dir / "librispeech_1272-128104-0000.wav", "--token", token, "--format", fmt, "--speed", "2"
+    )
     assert code == 0, events
     kinds = [e["type"] for e in events]
     assert kinds[0] == "ready" and kinds[-1] == "closed" and "final" in kinds

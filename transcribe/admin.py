@@ -19,7 +19,16 @@ class TranscriptSessionAdmin(admin.ModelAdmin):
     list_filter = ("status", "language", "started_at")
     search_fields = ("title", "owner__username", "segments__text")
     list_select_related = ("owner",)
-    readonly_fields = ("id", "engine", "model_name", "audio_format", "started_at", "ended_at", "duration", "client_info")
+    readonly_fields = (
+        "id",
+        "engine",
+        "model_name",
+        "audio_format",
+        "started_at",
+        "ended_at",
+        "duration",
+        "client_info",
+    )
     inlines = [TranscriptSegmentInline]
 
 

@@ -48,33 +48,77 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
     user: dict[str, Any] = getattr(settings, "TRANSCRIBE", None) or {}
     for key in user:
         if key not in DEFAULTS:
-            errors.append(Error(f"Unknown setting TRANSCRIBE[{key!r}].", hint=f"Known keys: {', '.join(DEFAULTS)}.", id="transcribe.E001"))
+            errors.append(
+                Error(
+                    f"Unknown setting TRANSCRIBE[{key!r}].",
+                    hint=f"Known keys: {', '.join(DEFAULTS)}.",
+                    id="transcribe.E001",
+                )
+            )
     merged = {**DEFAULTS, **user}
     engine = merged["ENGINE"]
     if engine not in ENGINES:
         module = str(engine).rpartition(".")[0]
         if not module or importlib.util.find_spec(module) is None:
-            errors.append(Error(f"TRANSCRIBE['ENGINE'] = {engine!r} is not an engine.", hint=f"Use one of {', '.join(ENGINES)} or a dotted class path.", id="transcribe.E002"))
+            errors.append(
+                Error(
+                    f"TRANSCRIBE['ENGINE'] = {engine!r} is not an engine.",
+                    hint=f"Use one of {', '.join(ENGINES)} or a dotted class path.",
+                    id="transcribe.E002",
+                )
+            )
     for key, (low, high) in RANGES.items():
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            errors.append(Error(f"TRANSCRIBE[{key!r}] = {value!r} must be a number between {low} and {high}.", id="transcribe.E003"))
+            errors.append(
+                Error(
+                    f"TRANSCRIBE[{key!r}] = {value!r} must be a number between {low} and {high}.",
+                    id="transcribe.E003",
+                )
+            )
     language = merged["LANGUAGE"]
     if language is not None and not (isinstance(language, str) and 2 <= len(language) <= 8):
-        errors.append(Error("TRANSCRIBE['LANGUAGE'] must be a language code such as 'en', or None.", id="transcribe.E005"))
+        errors.append(
+            Error(
+                "TRANSCRIBE['LANGUAGE'] must be a language code such as 'en', or None.", id="transcribe.E005"
+            )
+        )
     if merged["DEVICE"] not in ("cpu", "cuda", "auto"):
         errors.append(Error("TRANSCRIBE['DEVICE'] must be 'cpu', 'cuda' or 'auto'.", id="transcribe.E005"))
     if merged["INFERENCE"] not in ("local", "channels"):
         errors.append(Error("TRANSCRIBE['INFERENCE'] must be 'local' or 'channels'.", id="transcribe.E005"))
     if merged["INFERENCE"] == "channels":
-        errors.append(Error("TRANSCRIBE['INFERENCE'] = 'channels' (remote workers) is not available yet.", hint="Use 'local'.", id="transcribe.E005"))
+        errors.append(
+            Error(
+                "TRANSCRIBE['INFERENCE'] = 'channels' (remote workers) is not available yet.",
+                hint="Use 'local'.",
+                id="transcribe.E005",
+            )
+        )
     apps = list(settings.INSTALLED_APPS)
     if "daphne" not in apps:
-        errors.append(Error("'daphne' must be in INSTALLED_APPS to serve WebSockets with runserver.", id="transcribe.E004"))
-    elif "django.contrib.staticfiles" in apps and apps.index("daphne") > apps.index("django.contrib.staticfiles"):
-        errors.append(Error("'daphne' must come before 'django.contrib.staticfiles' in INSTALLED_APPS.", id="transcribe.E004"))
+        errors.append(
+            Error(
+                "'daphne' must be in INSTALLED_APPS to serve WebSockets with runserver.", id="transcribe.E004"
+            )
+        )
+    elif "django.contrib.staticfiles" in apps and apps.index("daphne") > apps.index(
+        "django.contrib.staticfiles"
+    ):
+        errors.append(
+            Error(
+                "'daphne' must come before 'django.contrib.staticfiles' in INSTALLED_APPS.",
+                id="transcribe.E004",
+            )
+        )
     layers = getattr(settings, "CHANNEL_LAYERS", {}) or {}
     backend = layers.get("default", {}).get("BACKEND", "")
     if backend.endswith("InMemoryChannelLayer") and not settings.DEBUG:
-        errors.append(Warning("InMemoryChannelLayer is for development and tests only.", hint="Use channels_redis.core.RedisChannelLayer in production.", id="transcribe.W001"))
+        errors.append(
+            Warning(
+                "InMemoryChannelLayer is for development and tests only.",
+                hint="Use channels_redis.core.RedisChannelLayer in production.",
+                id="transcribe.W001",
+            )
+        )
     return errors

@@ -20,8 +20,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils import timezone
 
 from .conf import transcribe_settings
-from .models import TranscriptSessionStatus
 from .exceptions import EngineError
+from .models import TranscriptSessionStatus
 from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessage, parse_message, parse_start
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         self.active.discard(self)
         self.connected = False
         # Autobahn (daphne) accepts only a plain int, not an IntEnum member.
-        await super().close(code=int(code) if isinstance(code, int) and not isinstance(code, bool) else code, reason=reason)
+        await super().close(
+            code=int(code) if isinstance(code, int) and not isinstance(code, bool) else code, reason=reason
+        )
 
     @property
     def session_id(self) -> str:
@@ -100,7 +102,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         self.last_activity = time.monotonic()
         size = len(bytes_data) if bytes_data is not None else len((text_data or "").encode())
         if size > transcribe_settings.MAX_FRAME_BYTES:
-            await self.send_event("error", code=ErrorCode.TOO_LARGE, message=f"Frames are limited to {transcribe_settings.MAX_FRAME_BYTES} bytes")
+            await self.send_event(
+                "error",
+                code=ErrorCode.TOO_LARGE,
+                message=f"Frames are limited to {transcribe_settings.MAX_FRAME_BYTES} bytes",
+            )
             await self.close(code=CloseCode.FRAME_TOO_LARGE, reason="frame too large")
             return
         try:
@@ -136,7 +142,9 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             return
         await self.stt.process_audio_chunk(data)  # bad audio comes back as an ``error`` event
         if self.stt.duration >= transcribe_settings.MAX_SESSION_SECONDS:
-            await self.send_event("error", code=ErrorCode.TOO_LARGE, message="The session reached MAX_SESSION_SECONDS")
+            await self.send_event(
+                "error", code=ErrorCode.TOO_LARGE, message="The session reached MAX_SESSION_SECONDS"
+            )
             await self.stop()
 
     async def violation(self, what: str) -> None:
@@ -158,7 +166,9 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             return
         language = start.language if engine.multilingual else "en"
         self.session = await self._create_session(start, engine, language)
-        self.stt = OptimizedRealtimeSTT(on_event=self.on_pipeline_event, engine=engine, language=language, fmt=start.format)
+        self.stt = OptimizedRealtimeSTT(
+            on_event=self.on_pipeline_event, engine=engine, language=language, fmt=start.format
+        )
         logger.info("Session %s started (%s, %s)", self.session_id, start.format, language)
         await self.send_event(
             "ready",
@@ -204,7 +214,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     async def on_pipeline_event(self, event: dict[str, Any]) -> None:
         if event["type"] == "final":
             # Committed before it is sent: a client never sees text the database doesn't have.
-            event = {"type": "final", "id": await self._store_final(event), **{k: v for k, v in event.items() if k != "type"}}
+            event = {
+                "type": "final",
+                "id": await self._store_final(event),
+                **{k: v for k, v in event.items() if k != "type"},
+            }
         if self.connected:
             await self.send(text_data=json.dumps(event))
 

@@ -37,14 +37,20 @@ def to_srt(cues: Iterable[Cue]) -> str:
 
 
 def to_vtt(cues: Iterable[Cue]) -> str:
-    blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text.strip()}\n" for c in cues if c.text.strip()]
+    blocks = [
+        f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text.strip()}\n"
+        for c in cues
+        if c.text.strip()
+    ]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
 def to_json(cues: Sequence[Cue], **extra: Any) -> str:
     payload = {
         "text": " ".join(c.text.strip() for c in cues if c.text.strip()),
-        "segments": [{"start": round(c.start, 3), "end": round(c.end, 3), "text": c.text.strip()} for c in cues],
+        "segments": [
+            {"start": round(c.start, 3), "end": round(c.end, 3), "text": c.text.strip()} for c in cues
+        ],
         **extra,
     }
     return json.dumps(payload, indent=2)

@@ -21,7 +21,9 @@ class TranscriptSession(models.Model):
     Status = TranscriptSessionStatus
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcript_sessions")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcript_sessions"
+    )
     title = models.CharField(_("title"), max_length=200, blank=True)
     language = models.CharField(_("language"), max_length=8, blank=True)
     engine = models.CharField(_("engine"), max_length=100, blank=True)
@@ -59,7 +61,9 @@ class TranscriptSegment(models.Model):
 
     class Meta:
         ordering = ["session", "seq"]
-        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="transcribe_segment_unique_seq")]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="transcribe_segment_unique_seq")
+        ]
         verbose_name = _("transcript segment")
 
     def __str__(self) -> str:
@@ -79,7 +83,9 @@ class ApiToken(models.Model):
     """A per-user key for non-browser clients (``Authorization: Token <key>`` or ``?token=``)."""
 
     key = models.CharField(_("key"), max_length=40, primary_key=True, default=generate_key)
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcribe_token")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcribe_token"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

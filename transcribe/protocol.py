@@ -72,7 +72,9 @@ def parse_start(message: dict[str, Any], default_language: str | None) -> StartM
         )
     rate = message.get("sample_rate", 16000)
     if fmt.startswith("pcm_") and rate != 16000:
-        raise ProtocolError("Raw PCM must be 16000 Hz mono; send webm/ogg/wav for other rates", ErrorCode.UNSUPPORTED_FORMAT)
+        raise ProtocolError(
+            "Raw PCM must be 16000 Hz mono; send webm/ogg/wav for other rates", ErrorCode.UNSUPPORTED_FORMAT
+        )
     if not isinstance(rate, int) or not 8000 <= rate <= 192000:
         raise ProtocolError("sample_rate must be an integer between 8000 and 192000")
     language = message.get("language", default_language)

@@ -33,7 +33,10 @@ def test_offline_json_contract(audio_dir: Path, refs: dict[str, str]) -> None:
     assert all(s["start"] < s["end"] <= 11.1 for s in payload["segments"])
 
 
-@pytest.mark.parametrize("fmt, pattern", [("srt", r"^1\n00:00:0\d,\d{3} --> 00:00:\d\d,\d{3}\n"), ("vtt", r"^WEBVTT\n\n00:00:0\d\.\d{3} --> ")])
+@pytest.mark.parametrize(
+    "fmt, pattern",
+    [("srt", r"^1\n00:00:0\d,\d{3} --> 00:00:\d\d,\d{3}\n"), ("vtt", r"^WEBVTT\n\n00:00:0\d\.\d{3} --> ")],
+)
 def test_subtitle_formats(audio_dir: Path, fmt: str, pattern: str) -> None:
     assert re.match(pattern, run(str(audio_dir / CLIP), "--format", fmt))
 

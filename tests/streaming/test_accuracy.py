@@ -26,7 +26,12 @@ def clips(audio_dir: Path, refs: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def offline_text(path: Path) -> str:
-    options = DecodeOptions(beam_size=5, word_timestamps=False, temperature=FALLBACK_TEMPERATURES, extra={"condition_on_previous_text": True})
+    options = DecodeOptions(
+        beam_size=5,
+        word_timestamps=False,
+        temperature=FALLBACK_TEMPERATURES,
+        extra={"condition_on_previous_text": True},
+    )
     return get_engine().transcribe_numpy(load_wav(path), "en", options).text
 
 

@@ -66,7 +66,9 @@ class AsyncAudioDecoder:
                 proc.kill()
                 await proc.wait()
         if proc.returncode != 0:
-            raise DecodeError(f"ffmpeg could not decode the audio: {err.decode(errors='replace').strip()[-300:]}")
+            raise DecodeError(
+                f"ffmpeg could not decode the audio: {err.decode(errors='replace').strip()[-300:]}"
+            )
         return s16le_to_float32(out[: len(out) // 2 * 2])
 
     @staticmethod
@@ -211,7 +213,7 @@ class StreamingDecoder:
             if self._reader is not None:
                 await asyncio.wait_for(self._reader, timeout)
             await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("ffmpeg %s did not exit in %.1fs; killing it", proc.pid, timeout)
         finally:
             await self.abort()
@@ -238,7 +240,9 @@ class StreamingDecoder:
             proc.stdin.close()
 
 
-def make_decoder(fmt: str, on_pcm: PcmCallback, on_error: ErrorCallback | None = None) -> PcmDecoder | StreamingDecoder:
+def make_decoder(
+    fmt: str, on_pcm: PcmCallback, on_error: ErrorCallback | None = None
+) -> PcmDecoder | StreamingDecoder:
     if fmt in PCM_FORMATS:
         return PcmDecoder(fmt, on_pcm)
     if fmt in CONTAINER_FORMATS:

@@ -72,7 +72,10 @@ class FasterWhisperEngine:
                     start=float(s.start),
                     end=float(s.end),
                     text=s.text.strip(),
-                    words=tuple(Word(float(w.start), float(w.end), w.word, float(w.probability)) for w in s.words or ()),
+                    words=tuple(
+                        Word(float(w.start), float(w.end), w.word, float(w.probability))
+                        for w in s.words or ()
+                    ),
                     avg_logprob=float(s.avg_logprob),
                     no_speech_prob=float(s.no_speech_prob),
                     compression_ratio=float(s.compression_ratio),

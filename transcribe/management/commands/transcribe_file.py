@@ -42,7 +42,9 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         speed = done / elapsed if elapsed > 0 else 0.0
         filled = int(30 * fraction)
-        self.line(f"[{'#' * filled}{'.' * (30 - filled)}] {done:6.1f}/{self.total:.1f} s audio  {speed:5.1f}x real time")
+        self.line(
+            f"[{'#' * filled}{'.' * (30 - filled)}] {done:6.1f}/{self.total:.1f} s audio  {speed:5.1f}x real time"
+        )
 
     def line(self, text: str, final: bool = False) -> None:
         if self.enabled:
@@ -60,11 +62,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("path")
-        parser.add_argument("--engine", help="faster-whisper or openai-whisper (default: TRANSCRIBE['ENGINE'])")
+        parser.add_argument(
+            "--engine", help="faster-whisper or openai-whisper (default: TRANSCRIBE['ENGINE'])"
+        )
         parser.add_argument("--model", help="Model name or path (default: TRANSCRIBE['MODEL'])")
         parser.add_argument("--language", help="Language code; 'auto' detects (multilingual models only)")
-        parser.add_argument("--stream", action="store_true", help="Replay through the real streaming pipeline")
-        parser.add_argument("--speed", type=float, default=1.0, help="With --stream: times real time; 0 = as fast as possible")
+        parser.add_argument(
+            "--stream", action="store_true", help="Replay through the real streaming pipeline"
+        )
+        parser.add_argument(
+            "--speed", type=float, default=1.0, help="With --stream: times real time; 0 = as fast as possible"
+        )
         parser.add_argument("--beam-size", type=int, default=5)
         parser.add_argument("--format", choices=FORMATS, default="text", dest="output_format")
 
@@ -82,9 +90,14 @@ class Command(BaseCommand):
             cues, extra = self.stream(samples, engine, language, options)
         else:
             cues, extra = self.offline(samples, engine, language, options["beam_size"])
-        self.stdout.write(render(cues, options["output_format"], **extra), ending="" if options["output_format"] != "json" else "\n")
+        self.stdout.write(
+            render(cues, options["output_format"], **extra),
+            ending="" if options["output_format"] != "json" else "\n",
+        )
 
-    def offline(self, samples: Any, engine: Any, language: str | None, beam_size: int) -> tuple[list[Cue], dict[str, Any]]:
+    def offline(
+        self, samples: Any, engine: Any, language: str | None, beam_size: int
+    ) -> tuple[list[Cue], dict[str, Any]]:
         duration = len(samples) / SAMPLE_RATE
         progress = Progress(sys.stderr, duration)
         progress.bar(0.0)
@@ -112,9 +125,16 @@ class Command(BaseCommand):
         progress.done()
         cues = [Cue(s.start, s.end, s.text) for s in result.segments if s.text.strip()]
         latency = {"final_p50_ms": None, "final_p95_ms": None, "first_partial_ms": None}
-        return cues, {"latency": latency, "rtf": round(wall / duration, 4), "language": result.language, "duration": round(duration, 3)}
+        return cues, {
+            "latency": latency,
+            "rtf": round(wall / duration, 4),
+            "language": result.language,
+            "duration": round(duration, 3),
+        }
 
-    def stream(self, samples: Any, engine: Any, language: str | None, options: dict[str, Any]) -> tuple[list[Cue], dict[str, Any]]:
+    def stream(
+        self, samples: Any, engine: Any, language: str | None, options: dict[str, Any]
+    ) -> tuple[list[Cue], dict[str, Any]]:
         from transcribe.streaming.replay import replay
 
         duration = len(samples) / SAMPLE_RATE
@@ -128,7 +148,14 @@ class Command(BaseCommand):
 
         try:
             report = asyncio.run(
-                replay(samples, speed=max(0.0, options["speed"]), engine=engine, language=language, beam_size=options["beam_size"], on_event=show)
+                replay(
+                    samples,
+                    speed=max(0.0, options["speed"]),
+                    engine=engine,
+                    language=language,
+                    beam_size=options["beam_size"],
+                    on_event=show,
+                )
             )
         except TranscribeError as exc:
             raise CommandError(str(exc)) from exc

@@ -16,7 +16,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--rotate", action="store_true", help="Replace an existing token with a new one.")
-        parser.add_argument("--create-user", action="store_true", help="Create the user (without a password) if missing.")
+        parser.add_argument(
+            "--create-user", action="store_true", help="Create the user (without a password) if missing."
+        )
 
     def handle(self, *args: Any, username: str, rotate: bool, create_user: bool, **options: Any) -> None:
         User = get_user_model()
@@ -24,7 +26,9 @@ class Command(BaseCommand):
             user = User.objects.get_by_natural_key(username)
         except User.DoesNotExist:
             if not create_user:
-                raise CommandError(f"No user {username!r}: create one with `manage.py createsuperuser`, or pass --create-user.") from None
+                raise CommandError(
+                    f"No user {username!r}: create one with `manage.py createsuperuser`, or pass --create-user."
+                ) from None
             user = User.objects.create_user(username)
             self.stderr.write(f"Created user {username!r} (no password: it can only use the token).")
         if rotate:
