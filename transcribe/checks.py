@@ -40,6 +40,14 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+def _importable_module(name: str) -> bool:
+    """Whether module ``name`` exists, without importing it (find_spec imports parent packages)."""
+    try:
+        return bool(name) and importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     from .engines import ENGINES
@@ -57,16 +65,18 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
             )
     merged = {**DEFAULTS, **user}
     engine = merged["ENGINE"]
-    if engine not in ENGINES:
-        module = str(engine).rpartition(".")[0]
-        if not module or importlib.util.find_spec(module) is None:
-            errors.append(
-                Error(
-                    f"TRANSCRIBE['ENGINE'] = {engine!r} is not an engine.",
-                    hint=f"Use one of {', '.join(ENGINES)} or a dotted class path.",
-                    id="transcribe.E002",
-                )
+    if (
+        not isinstance(engine, str)
+        or engine not in ENGINES
+        and not _importable_module(engine.rpartition(".")[0])
+    ):
+        errors.append(
+            Error(
+                f"TRANSCRIBE['ENGINE'] = {engine!r} is not an engine.",
+                hint=f"Use one of {', '.join(ENGINES)} or a dotted class path.",
+                id="transcribe.E002",
             )
+        )
     for key, (low, high) in RANGES.items():
         value = merged[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:

@@ -24,13 +24,18 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
+def _cue_text(text: str) -> str:
+    """One line of cue text: a blank line would end an SRT/WebVTT cue early, "-->" confuses WebVTT."""
+    return " ".join(text.split()).replace("-->", "->")
+
+
 def to_text(cues: Iterable[Cue]) -> str:
     return "\n".join(c.text.strip() for c in cues if c.text.strip()) + "\n"
 
 
 def to_srt(cues: Iterable[Cue]) -> str:
     blocks = [
-        f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{c.text.strip()}\n"
+        f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{_cue_text(c.text)}\n"
         for i, c in enumerate((c for c in cues if c.text.strip()), start=1)
     ]
     return "\n".join(blocks)
@@ -38,7 +43,7 @@ def to_srt(cues: Iterable[Cue]) -> str:
 
 def to_vtt(cues: Iterable[Cue]) -> str:
     blocks = [
-        f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text.strip()}\n"
+        f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{_cue_text(c.text)}\n"
         for c in cues
         if c.text.strip()
     ]

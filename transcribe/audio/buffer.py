@@ -39,9 +39,12 @@ class OptimizedAudioBuffer:
         if n == 0:
             return
         if n > self.capacity:  # only the newest capacity samples can be kept
-            self.start = max(self.start, self.end + n - self.capacity)
-            chunk = chunk[-self.capacity :]
-            self.end += n - self.capacity
+            skipped = n - self.capacity
+            self.dropped += len(self) + skipped
+            logger.warning("Audio chunk larger than the buffer: dropped %d samples", len(self) + skipped)
+            self.end += skipped
+            self.start = self.end
+            chunk = chunk[skipped:]
             n = self.capacity
         pos = self.end % self.capacity
         first = min(n, self.capacity - pos)

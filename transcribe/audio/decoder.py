@@ -155,12 +155,20 @@ class StreamingDecoder:
         assert self._proc and self._proc.stdout
         pending = bytearray()
         while chunk := await self._proc.stdout.read(READ_SIZE):
+            if self._error is not None:
+                continue  # keep draining: a full pipe would stall ffmpeg and keep its pipes open
             pending += chunk
             usable = len(pending) // 2 * 2
             if usable:
                 samples = s16le_to_float32(memoryview(pending)[:usable])
                 del pending[:usable]
-                await self.on_pcm(samples)
+                try:
+                    await self.on_pcm(samples)
+                except Exception as exc:
+                    logger.exception("The PCM callback failed; stopping ffmpeg %s", self._proc.pid)
+                    self._error = DecodeError(f"Audio processing failed: {exc}")
+                    with contextlib.suppress(ProcessLookupError):
+                        self._proc.kill()
         await self._proc.wait()
         if not self._closing and self.on_error is not None:
             # ffmpeg quit on its own (bad input): say so now, not at the next write that may never come.
@@ -229,7 +237,6 @@ class StreamingDecoder:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
         for task in (self._reader, self._stderr):
             if task is not None and not task.done():
                 task.cancel()
@@ -238,6 +245,13 @@ class StreamingDecoder:
                     await task
         if proc.stdin is not None:
             proc.stdin.close()
+        # Read the pipes to their end: the process only counts as finished once they are closed,
+        # and a reader cancelled mid-stream leaves unread output behind.
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(stream.read(), 5.0)
+        await proc.wait()
 
 
 def make_decoder(

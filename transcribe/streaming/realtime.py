@@ -158,9 +158,11 @@ class OptimizedRealtimeSTT:
 
     async def flush(self) -> None:
         """End of stream: decode what ffmpeg still holds, finalize, and wait for every final."""
+        if self.closed:
+            return
         await self.decoder.close()
         await self.finalize()
-        while not self._idle.is_set() or self._finals:
+        while not self.closed and (not self._idle.is_set() or self._finals):
             await self._idle.wait()
             self._schedule()
             await asyncio.sleep(0)
@@ -191,6 +193,12 @@ class OptimizedRealtimeSTT:
     # -- audio path (runs on the event loop: keep it cheap) ---------------------------------
 
     async def _on_pcm(self, samples: npt.NDArray[np.float32]) -> None:
+        # A huge frame (MAX_FRAME_BYTES allows ~30 s of PCM) is handled a second at a time, so the
+        # VAD, the cuts and the backpressure below see it as the stream it is.
+        for offset in range(0, len(samples), SAMPLE_RATE):
+            await self._on_samples(samples[offset : offset + SAMPLE_RATE])
+
+    async def _on_samples(self, samples: npt.NDArray[np.float32]) -> None:
         started = time.perf_counter()
         if self.closed:
             return
@@ -249,7 +257,9 @@ class OptimizedRealtimeSTT:
         limit = int(self.cfg.max_utterance * SAMPLE_RATE)
         if self.buffer.end - utt.start < limit:
             return
-        first, probs = self.history.window(self.buffer.end - 3 * SAMPLE_RATE, self.buffer.end)
+        # The quietest frame of the last 3 s, but never in the utterance's first half.
+        search_from = max(self.buffer.end - 3 * SAMPLE_RATE, utt.start + limit // 2)
+        first, probs = self.history.window(search_from, self.buffer.end)
         cut = (first + int(np.argmin(probs))) * FRAME + FRAME // 2 if len(probs) else self.buffer.end
         self._finals.append((utt.start, cut))
         self.utterance = Utterance(start=cut, decoded_until=cut)

@@ -119,9 +119,10 @@ class FrameHistory:
 
     def extend(self, probs: npt.NDArray[np.float32]) -> None:
         n = len(probs)
-        if n:
-            self._probs[np.arange(self.end, self.end + n) % len(self._probs)] = probs[-len(self._probs) :]
-            self.end += n
+        kept = min(n, len(self._probs))  # older frames of a huge batch would be overwritten anyway
+        if kept:
+            self._probs[np.arange(self.end + n - kept, self.end + n) % len(self._probs)] = probs[n - kept :]
+        self.end += n
 
     def window(self, start_sample: int, end_sample: int) -> tuple[int, npt.NDArray[np.float32]]:
         """(first frame index, probabilities) of the held frames overlapping [start, end) samples."""
