@@ -4,7 +4,7 @@ IDs:
 - ``transcribe.E001`` unknown key in TRANSCRIBE.
 - ``transcribe.E002`` ENGINE is neither a known engine nor an importable class path.
 - ``transcribe.E003`` a numeric setting is out of range.
-- ``transcribe.E004`` ``daphne``/``channels`` missing, or ``daphne`` not listed before staticfiles.
+- ``transcribe.E004`` ``daphne`` missing from INSTALLED_APPS, or listed after staticfiles.
 - ``transcribe.E005`` LANGUAGE/DEVICE/INFERENCE has an invalid value.
 - ``transcribe.W001`` InMemoryChannelLayer with DEBUG=False (not for production).
 """

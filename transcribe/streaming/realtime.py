@@ -140,8 +140,10 @@ class OptimizedRealtimeSTT:
             await self._on_decode_error(exc)
 
     async def _on_decode_error(self, exc: DecodeError) -> None:
-        logger.info("Bad audio: %s", exc)
         if isinstance(self.decoder, StreamingDecoder):
+            if not self.decoder.failed:
+                return  # a late report from a decoder that was already replaced
+            logger.info("Bad audio: %s", exc)
             # The next frame starts a fresh ffmpeg; the dead one is reaped (never a zombie).
             old, self.decoder = self.decoder, make_decoder(self.fmt, self._on_pcm, self._on_decode_error)
             reaper = asyncio.ensure_future(old.abort())
