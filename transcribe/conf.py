@@ -71,6 +71,10 @@ DEFAULTS: dict[str, Any] = {
     # Beam size of final decodes and of partial decodes.
     "BEAM_SIZE": 5,
     "PARTIAL_BEAM_SIZE": 1,
+    # Partials encode a window of this many seconds (at least the utterance) instead of Whisper's
+    # 30 s: about 4x less CPU per partial on tiny.en, slightly rougher partial text. 0: full window.
+    # Finals always use the full window.
+    "PARTIAL_ENCODER_SECONDS": 10.0,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
     # Seconds between ``status`` events.

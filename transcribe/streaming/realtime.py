@@ -61,6 +61,7 @@ class StreamingConfig:
     partial_beam_size: int = 1
     status_interval: float = 1.0
     use_prompt: bool = True
+    partial_encoder_seconds: float = 10.0
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> StreamingConfig:
@@ -297,7 +298,7 @@ class OptimizedRealtimeSTT:
             logger.error("Streaming job failed", exc_info=exc)
         self._schedule()
 
-    async def _decode(self, start: int, end: int, beam_size: int) -> list[Word]:
+    async def _decode(self, start: int, end: int, beam_size: int, partial: bool = False) -> list[Word]:
         """Decode [start - PAD, end) and keep the words that pass the guards and overlap speech."""
         begin = max(self.buffer.start, self.final_until, start - PAD)
         audio = self.buffer.get(begin, end)
@@ -306,6 +307,7 @@ class OptimizedRealtimeSTT:
             word_timestamps=True,
             prompt=self.committed_text[-PROMPT_CHARS:] if self.cfg.use_prompt else None,
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
+            encoder_seconds=self.cfg.partial_encoder_seconds if partial else None,
         )
         result = await self.scheduler.run(self.engine.transcribe_numpy, audio, self.language, options)
         return [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
@@ -320,7 +322,7 @@ class OptimizedRealtimeSTT:
         end = self.buffer.end
         utt.decoded_until = end
         try:
-            words = await self._decode(utt.start, end, self.cfg.partial_beam_size)
+            words = await self._decode(utt.start, end, self.cfg.partial_beam_size, partial=True)
         except EngineError as exc:
             await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
             return
