@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     # 30 s: about 4x less CPU per partial on tiny.en, slightly rougher partial text. 0: full window.
     # Finals always use the full window.
     "PARTIAL_ENCODER_SECONDS": 10.0,
+    # After this much silence inside an utterance, decode it as if it had ended; if the silence
+    # reaches MIN_SILENCE, that final is sent at once. 0: off (finals start after MIN_SILENCE).
+    "SPECULATE_AFTER": 0.25,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
     # Seconds between ``status`` events.

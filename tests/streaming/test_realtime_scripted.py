@@ -235,7 +235,8 @@ async def test_engine_error_in_a_partial_is_reported_and_the_session_goes_on(jfk
 
 async def test_engine_error_in_a_final_is_reported_and_the_session_goes_on(jfk):
     engine = ScriptedEngine(fail_finals=1)
-    stt = OptimizedRealtimeSTT(engine=engine)
+    # Without speculative finals, so that the failing beam-5 decode is the final's own.
+    stt = OptimizedRealtimeSTT(engine=engine, speculate_after=0)
     events = await stream(stt, jfk)
     kinds = [e["type"] for e in events]
     i = kinds.index("error")
@@ -244,6 +245,24 @@ async def test_engine_error_in_a_final_is_reported_and_the_session_goes_on(jfk):
     finals = of(events, "final")
     assert finals and finals[0]["seq"] == 1 and finals[0]["start"] >= events[i + 1]["at"]
     check_protocol([e for e in events if e["type"] != "error"])
+
+
+async def test_speculative_finals_are_used_not_decoded_twice(jfk):
+    plain_engine, speculating_engine = ScriptedEngine(), ScriptedEngine()
+    plain = await stream(OptimizedRealtimeSTT(engine=plain_engine, speculate_after=0), jfk)
+    speculating = await stream(OptimizedRealtimeSTT(engine=speculating_engine, speculate_after=0.25), jfk)
+    finals = of(speculating, "final")
+    # The same finals; only the last may end sooner: at the end of the stream, an utterance that
+    # is in a pause ends where the pause began rather than at the last sample.
+    assert [(f["start"], f["end"], f["text"]) for f in finals[:-1]] == [
+        (f["start"], f["end"], f["text"]) for f in of(plain, "final")[:-1]
+    ]
+    assert finals[-1]["start"] == of(plain, "final")[-1]["start"]
+    plain_decodes = sum(c.beam_size > 1 for c in plain_engine.calls)
+    speculative_decodes = sum(c.beam_size > 1 for c in speculating_engine.calls)
+    assert plain_decodes == len(finals)
+    # JFK pauses between phrases: those finals were decoded once, at the pause, and reused.
+    assert speculative_decodes < 2 * len(finals)
 
 
 # -- finalize ---------------------------------------------------------------------------------

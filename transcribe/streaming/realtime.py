@@ -62,6 +62,7 @@ class StreamingConfig:
     status_interval: float = 1.0
     use_prompt: bool = True
     partial_encoder_seconds: float = 10.0
+    speculate_after: float = 0.25
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> StreamingConfig:
@@ -113,11 +114,16 @@ class OptimizedRealtimeSTT:
             min_silence=self.cfg.min_silence,
             soft_utterance=self.cfg.soft_utterance,
             soft_silence=self.cfg.soft_silence,
+            pause=self.cfg.speculate_after if self.cfg.speculate_after >= PAD / SAMPLE_RATE else 0.0,
         )
         self.history = FrameHistory(self.buffer.capacity // FRAME + 1)
         self.utterance: Utterance | None = None
         self.final_until = 0  # absolute sample where the last final's audio ended
         self._finals: deque[tuple[int, int]] = deque()  # (start, end) sample ranges awaiting a final decode
+        # Speculative finals: at a pause, the utterance is decoded as if it had ended; if it does end
+        # there, the final is ready MIN_SILENCE sooner. (start, end) wanted, and the last result.
+        self._speculation: tuple[int, int] | None = None
+        self._speculated: tuple[tuple[int, int], list[Word]] | None = None
         self._job: asyncio.Task[None] | None = None
         self._final_running = False
         self._reapers: set[asyncio.Future[None]] = set()
@@ -155,7 +161,10 @@ class OptimizedRealtimeSTT:
     async def finalize(self) -> None:
         """End the current utterance now (client's ``finalize``); its final follows."""
         if self.utterance is not None:
-            self._end_utterance(self.buffer.end)
+            # Inside a pause, end where the silence began (the range a speculative final has
+            # already decoded); otherwise at the newest sample.
+            pause_start = self.endpointer.pause_start()
+            self._end_utterance(pause_start + PAD if pause_start is not None else self.buffer.end)
             self.endpointer.in_speech = False
         self._schedule()
 
@@ -223,6 +232,10 @@ class OptimizedRealtimeSTT:
             if ev.kind == "start":
                 self.utterance = Utterance(start=ev.sample, decoded_until=ev.sample)
                 events.append({"type": "speech_started", "at": self._t(ev.sample)})
+            elif ev.kind == "pause":
+                if self.utterance is not None:
+                    # The same range _end_utterance will give if the silence lasts (PAD ≤ half of it).
+                    self._speculation = (self.utterance.start, ev.sample + PAD)
             else:
                 # Pad into the silence, but never past half of it: the next word may follow soon.
                 silence = self.history.end * FRAME - ev.sample
@@ -250,6 +263,7 @@ class OptimizedRealtimeSTT:
     def _end_utterance(self, end: int) -> None:
         assert self.utterance is not None
         end = min(end, self.buffer.end)
+        self._speculation = None  # not started yet: the final decodes this range itself
         self._finals.append((self.utterance.start, end))
         self.utterance = None
 
@@ -279,6 +293,12 @@ class OptimizedRealtimeSTT:
             self._start_job(self._final_job(start, end))
             return
         utt = self.utterance
+        if self._speculation is not None:
+            start, end = self._speculation
+            self._speculation = None
+            if utt is not None and utt.start == start and end <= self.buffer.end:
+                self._start_job(self._speculative_job(start, end))
+                return
         if utt is None:
             return
         step = self.cfg.step if utt.agreement.stable or utt.decoded_until > utt.start else self.cfg.first_step
@@ -302,6 +322,8 @@ class OptimizedRealtimeSTT:
         """Decode [start - PAD, end) and keep the words that pass the guards and overlap speech."""
         begin = max(self.buffer.start, self.final_until, start - PAD)
         audio = self.buffer.get(begin, end)
+        if len(audio) < FRAME:
+            return []  # nothing left to hear (trimmed behind a final)
         options = DecodeOptions(
             beam_size=beam_size,
             word_timestamps=True,
@@ -343,9 +365,19 @@ class OptimizedRealtimeSTT:
             }
         )
 
-    async def _final_job(self, start: int, end: int) -> None:
+    async def _speculative_job(self, start: int, end: int) -> None:
         try:
-            words = await self._decode(start, end, self.cfg.beam_size)
+            self._speculated = ((start, end), await self._decode(start, end, self.cfg.beam_size))
+        except EngineError:
+            self._speculated = None  # the final will decode (and report) for itself
+
+    async def _final_job(self, start: int, end: int) -> None:
+        speculated, self._speculated = self._speculated, None
+        try:
+            if speculated is not None and speculated[0] == (start, end):
+                words = speculated[1]  # decoded at the pause, with the same audio and prompt
+            else:
+                words = await self._decode(start, end, self.cfg.beam_size)
         except EngineError as exc:
             await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
             words = []

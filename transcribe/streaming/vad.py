@@ -52,7 +52,7 @@ class StreamingVAD:
 
 @dataclass
 class EndpointEvent:
-    kind: str  # "start" or "end"
+    kind: str  # "start", "pause" or "end"
     sample: int  # absolute offset of the speech start, or of the first silent frame after speech
 
 
@@ -67,6 +67,7 @@ class Endpointer:
         soft_utterance: float = 8.0,
         soft_silence: float = 0.2,
         min_speech: float = 0.1,
+        pause: float = 0.0,
         sample_rate: int = 16_000,
     ) -> None:
         frame_s = FRAME / sample_rate
@@ -76,6 +77,8 @@ class Endpointer:
         self.soft_silence_frames = max(1, round(soft_silence / frame_s))
         self.soft_utterance_frames = round(soft_utterance / frame_s)
         self.min_speech_frames = max(1, round(min_speech / frame_s))
+        # A "pause" event after this much silence (0: never): the utterance may be about to end.
+        self.pause_frames = round(pause / frame_s) if pause else 0
         self.frames = 0  # frames scored so far
         self.in_speech = False
         self.speech_start = 0  # frame index
@@ -98,11 +101,19 @@ class Endpointer:
             self._silence_run = self._silence_run + 1 if p < self.off_threshold else 0
             long_utterance = i - self.speech_start >= self.soft_utterance_frames
             needed = self.soft_silence_frames if long_utterance else self.min_silence_frames
+            if self.pause_frames and self._silence_run == self.pause_frames < needed:
+                events.append(EndpointEvent("pause", (i + 1 - self._silence_run) * FRAME))
             if self._silence_run >= needed:
                 self.in_speech = False
                 self._speech_run = 0
                 events.append(EndpointEvent("end", (i + 1 - self._silence_run) * FRAME))
         return events
+
+    def pause_start(self) -> int | None:
+        """Sample where the current silence began, if speech has paused for ``pause`` already."""
+        if self.in_speech and self.pause_frames and self._silence_run >= self.pause_frames:
+            return (self.frames - self._silence_run) * FRAME
+        return None
 
     def restart(self, frame: int) -> None:
         """Treat ``frame`` as the start of a new utterance (after a forced cut mid-speech)."""
