@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from typing import Any, ClassVar
 
 from channels.db import database_sync_to_async
@@ -32,6 +33,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     active: ClassVar[set[TranscribeConsumer]] = set()
     # Sessions whose client dropped, still being transcribed and stored.
     draining: ClassVar[set[asyncio.Task[None]]] = set()
+    draining_sessions: ClassVar[dict[uuid.UUID, asyncio.Task[None]]] = {}
 
     async def connect(self) -> None:
         self.stt: Any = None
@@ -66,9 +68,15 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             # detached, since the server cancels a consumer that takes long to disconnect.
             task = asyncio.create_task(self._finish_dropped_session())
             self.draining.add(task)
-            task.add_done_callback(self.draining.discard)
+            self.draining_sessions[self.session.pk] = task
+            task.add_done_callback(self._forget_drain)
         elif self.stt is not None:
             await self.stt.close()
+
+    def _forget_drain(self, task: asyncio.Task[None]) -> None:
+        self.draining.discard(task)
+        if self.draining_sessions.get(self.session.pk) is task:
+            del self.draining_sessions[self.session.pk]
 
     async def _finish_dropped_session(self) -> None:
         self.finished = True
@@ -165,18 +173,48 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             await self.close(code=CloseCode.INTERNAL_ERROR, reason="engine unavailable")
             return
         language = start.language if engine.multilingual else "en"
-        self.session = await self._create_session(start, engine, language)
+        finals: list[dict[str, Any]] = []
+        offset = 0.0
+        if start.session is None:
+            self.session = await self._create_session(start, engine, language)
+        else:
+            # A dropped connection's audio may still be being transcribed here: let it finish, so
+            # its finals are stored (and counted in the offset) before this connection adds more.
+            drain = self.draining_sessions.get(start.session)
+            if drain is not None:
+                await asyncio.wait({drain}, timeout=60)
+            resumed = await self._resume_session(start.session)
+            if resumed is None:
+                await self.send_event(
+                    "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
+                )
+                await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+                return
+            self.session, finals, offset = resumed
+            language = self.session.language or language
         self.stt = OptimizedRealtimeSTT(
-            on_event=self.on_pipeline_event, engine=engine, language=language, fmt=start.format
+            on_event=self.on_pipeline_event,
+            engine=engine,
+            language=language,
+            fmt=start.format,
+            time_offset=offset,
+            seq_start=max((f["seq"] for f in finals), default=0),
+            prompt=" ".join(f["text"] for f in finals)[-1000:],
         )
-        logger.info("Session %s started (%s, %s)", self.session_id, start.format, language)
+        logger.info(
+            "Session %s %s (%s, %s)",
+            self.session_id,
+            "resumed" if finals or offset else "started",
+            start.format,
+            language,
+        )
         await self.send_event(
             "ready",
             session=self.session_id,
             protocol=PROTOCOL,
-            resumed=False,
-            finals=[],
-            offset=0.0,
+            resumed=start.session is not None,
+            finals=finals,
+            offset=offset,
             language=language,
             limits={
                 "max_frame_bytes": transcribe_settings.MAX_FRAME_BYTES,
@@ -242,6 +280,26 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             audio_format=start.format,
             client_info=headers.get(b"user-agent", b"").decode("latin-1")[:300],
         )
+
+    @database_sync_to_async
+    def _resume_session(self, session_id: uuid.UUID) -> tuple[Any, list[dict[str, Any]], float] | None:
+        """The user's own session, its stored finals, and the seconds of audio they cover."""
+        from .models import TranscriptSession
+
+        session = TranscriptSession.objects.filter(pk=session_id, owner=self.scope["user"]).first()
+        if session is None:
+            return None
+        finals = [
+            {"id": seg.pk, "seq": seg.seq, "text": seg.text, "start": seg.start, "end": seg.end}
+            for seg in session.segments.order_by("seq")
+        ]
+        # Everything a dropped connection sent was transcribed before the drop was recorded
+        # (duration); after a server crash only the stored finals' times are known.
+        offset = max([session.duration, *(f["end"] for f in finals)])
+        session.status = TranscriptSessionStatus.ACTIVE
+        session.ended_at = None
+        session.save(update_fields=["status", "ended_at"])
+        return session, finals, round(offset, 3)
 
     @database_sync_to_async
     def _store_final(self, event: dict[str, Any]) -> int:

@@ -289,7 +289,9 @@ async def test_on_error_reports_a_dead_ffmpeg_without_another_write():
 
     dec = make_decoder("webm", Collector(), on_error)
     await dec.feed(random.Random(1).randbytes(2048))  # not even an EBML header
-    await asyncio.wait_for(reported.wait(), 20)  # ffmpeg gave up: told without another feed (bound generous for loaded CI machines)
+    await asyncio.wait_for(
+        reported.wait(), 20
+    )  # ffmpeg gave up: told without another feed (bound generous for loaded CI machines)
     assert len(errors) == 1 and isinstance(errors[0], DecodeError)
     assert "Could not decode the webm stream" in str(errors[0])
     pid = dec._proc.pid
