@@ -185,6 +185,8 @@ class OptimizedRealtimeSTT:
         abort = getattr(self.decoder, "abort", None)
         if abort is not None:
             await abort()
+        if self._reapers:  # ffmpegs of streams that failed earlier: reaped before we return
+            await asyncio.gather(*self._reapers, return_exceptions=True)
         if self._job is not None and not self._job.done():
             self._job.cancel()
             with contextlib.suppress(asyncio.CancelledError):
