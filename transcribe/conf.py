@@ -52,9 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_FRAME_BYTES": 1024 * 1024,
     # Seconds without any message before the socket closes with 4408.
     "IDLE_TIMEOUT": 60,
-    # Keep the session's audio (issue: persistence); off by default in the app.
-    "STORE_AUDIO": False,
-    # "local": the in-process executor; "channels": remote runworker processes.
+    # "local": the in-process executor. ("channels", remote runworker processes, is planned; the
+    # system check rejects it until then.)
     "INFERENCE": "local",
     # Streaming policy (seconds unless said): re-decode the utterance every STEP of new audio,
     # end an utterance after MIN_SILENCE of silence, cut one at MAX_UTTERANCE.
