@@ -164,7 +164,9 @@ class OptimizedRealtimeSTT:
             # Inside a pause, end where the silence began (the range a speculative final has
             # already decoded); otherwise at the newest sample.
             pause_start = self.endpointer.pause_start()
-            self._end_utterance(pause_start + PAD if pause_start is not None else self.buffer.end)
+            self._end_utterance(
+                self._utterance_end(pause_start) if pause_start is not None else self.buffer.end
+            )
             self.endpointer.in_speech = False
         self._schedule()
 
@@ -236,12 +238,10 @@ class OptimizedRealtimeSTT:
                 events.append({"type": "speech_started", "at": self._t(ev.sample)})
             elif ev.kind == "pause":
                 if self.utterance is not None:
-                    # The same range _end_utterance will give if the silence lasts (PAD ≤ half of it).
-                    self._speculation = (self.utterance.start, ev.sample + PAD)
+                    # The range the end event will give if the silence lasts to MIN_SILENCE.
+                    self._speculation = (self.utterance.start, self._utterance_end(ev.sample))
             else:
-                # Pad into the silence, but never past half of it: the next word may follow soon.
-                silence = self.history.end * FRAME - ev.sample
-                self._end_utterance(ev.sample + min(PAD, silence // 2))
+                self._end_utterance(self._utterance_end(ev.sample, self.history.end * FRAME - ev.sample))
         if self.utterance is not None:
             self._maybe_cut()
         elif not self._finals and self._idle.is_set():
@@ -261,6 +261,15 @@ class OptimizedRealtimeSTT:
         self.stats.seconds.append(time.perf_counter() - started)
         for event in events:
             await self._emit(event)
+
+    def _utterance_end(self, silence_start: int, silence: int | None = None) -> int:
+        """Where an utterance that fell silent at ``silence_start`` ends: padded into the silence,
+        but never past half of it (the next word may follow soon). ``silence`` (samples) defaults
+        to MIN_SILENCE, the silence an endpoint waits for, so a speculative final, a finalize in a
+        pause and the endpoint itself all agree on the range."""
+        if silence is None:
+            silence = self.endpointer.min_silence_frames * FRAME
+        return silence_start + min(PAD, silence // 2)
 
     def _end_utterance(self, end: int) -> None:
         assert self.utterance is not None
