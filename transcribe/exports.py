@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from django.utils.text import slugify
+
+if TYPE_CHECKING:
+    from .models import TranscriptSession
 
 
 class Cue(NamedTuple):
@@ -14,6 +19,13 @@ class Cue(NamedTuple):
 
 
 FORMATS = ("text", "srt", "vtt", "json")
+# File extension -> (format, content type) for downloads.
+DOWNLOADS = {
+    "txt": ("text", "text/plain; charset=utf-8"),
+    "srt": ("srt", "application/x-subrip; charset=utf-8"),
+    "vtt": ("vtt", "text/vtt; charset=utf-8"),
+    "json": ("json", "application/json"),
+}
 
 
 def _timestamp(seconds: float, separator: str) -> str:
@@ -65,3 +77,13 @@ def render(cues: Sequence[Cue], fmt: str, **extra: Any) -> str:
     if fmt == "json":
         return to_json(cues, **extra)
     return {"text": to_text, "srt": to_srt, "vtt": to_vtt}[fmt](cues)
+
+
+def session_cues(session: TranscriptSession) -> list[Cue]:
+    """A stored session's segments in order; reviewed (edited) text wins over the engine's."""
+    return [Cue(seg.start, seg.end, seg.display_text) for seg in session.segments.order_by("seq")]
+
+
+def download_name(session: TranscriptSession, extension: str) -> str:
+    """A file name safe in a Content-Disposition header: the slugified title, else the session id."""
+    return f"{slugify(session.title) or f'transcript-{session.pk.hex[:8]}'}.{extension}"
