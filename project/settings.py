@@ -80,7 +80,9 @@ CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "transcribe:session-list"
+LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -90,11 +92,15 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Kept recordings live here. No MEDIA_URL route: audio is served only by the app's views, which
+# check who asks.
+MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
 
 TRANSCRIBE = {
     "ENGINE": os.environ.get("TRANSCRIBE_ENGINE", "faster-whisper"),
     "MODEL": os.environ.get("TRANSCRIBE_MODEL", "tiny.en"),
     "DEVICE": os.environ.get("TRANSCRIBE_DEVICE", "cpu"),
+    "STORE_AUDIO": os.environ.get("TRANSCRIBE_STORE_AUDIO", "1") == "1",
 }
 
 LOGGING = {

@@ -6,6 +6,7 @@ from django.views.generic import TemplateView
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
+    path("accounts/", include("django.contrib.auth.urls")),  # login, logout (POST), password change/reset
     path("admin/", admin.site.urls),
     path("transcribe/", include("transcribe.urls")),
 ]

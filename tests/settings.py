@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 SECRET_KEY = "NOTASECRET"
 DEBUG = False
 USE_TZ = True
@@ -28,7 +31,7 @@ ASGI_APPLICATION = "project.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [Path(__file__).resolve().parent.parent / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -41,7 +44,11 @@ TEMPLATES = [
 ]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "transcribe:session-list"
+LOGOUT_REDIRECT_URL = "login"
 STATIC_URL = "/static/"
+MEDIA_ROOT = tempfile.mkdtemp(prefix="transcribe-tests-media-")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 TRANSCRIBE = {"ENGINE": "faster-whisper", "MODEL": "tiny.en", "LANGUAGE": "en"}
 SILENCED_SYSTEM_CHECKS = ["transcribe.W001"]  # the in-memory layer is right for tests

@@ -25,6 +25,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHUNK = 8000  # bytes of pcm_s16le: 250 ms
 
 
+@pytest.fixture(autouse=True)
+async def no_expiry_left_behind() -> Any:
+    """Dropped sessions schedule their abort on this test's event loop: cancel what is left."""
+    yield
+    for task in TranscribeConsumer.expiring.values():
+        task.cancel()
+    TranscribeConsumer.expiring.clear()
+
+
 @pytest.fixture
 def user() -> Any:
     return get_user_model().objects.create_user("alice", password="pw")
@@ -251,6 +260,7 @@ async def test_finalize_ends_the_utterance_now(user: Any, audio_dir: Path) -> No
     await comm.disconnect()
 
 
+@override_settings(TRANSCRIBE={"IDLE_TIMEOUT": 1})
 async def test_disconnect_mid_stream_keeps_what_was_said(user: Any, audio_dir: Path) -> None:
     comm = communicator(user)
     ready = await start(comm)
@@ -261,7 +271,65 @@ async def test_disconnect_mid_stream_keeps_what_was_said(user: Any, audio_dir: P
     await asyncio.wait_for(asyncio.gather(*TranscribeConsumer.draining), timeout=60)
     session = await TranscriptSession.objects.aget(pk=ready["session"])
     text = await database_sync_to_async(lambda: session.text)()
-    assert session.status == "aborted" and "golden fortune" in text.lower()
+    assert "golden fortune" in text.lower()
+    assert session.word_count == len(text.split())
+    # The client may still resume: aborted only once IDLE_TIMEOUT has passed without it.
+    assert session.status == "active"
+    await asyncio.wait_for(TranscribeConsumer.expiring[session.pk], timeout=10)
+    session = await TranscriptSession.objects.aget(pk=ready["session"])
+    assert session.status == "aborted" and session.ended_at is not None
+
+
+@override_settings(TRANSCRIBE={"IDLE_TIMEOUT": 1})
+async def test_a_session_resumed_in_time_is_not_aborted(user: Any) -> None:
+    first = communicator(user)
+    ready = await start(first)
+    await first.send_to(bytes_data=bytes(CHUNK))
+    await first.disconnect()
+    await asyncio.wait_for(asyncio.gather(*TranscribeConsumer.draining), timeout=60)
+    second = communicator(user)
+    await start(second, session=ready["session"])
+    for _ in range(4):  # past IDLE_TIMEOUT of the first connection's drop; this one stays busy
+        await second.send_json_to({"type": "keepalive"})
+        await asyncio.sleep(0.4)
+    session = await TranscriptSession.objects.aget(pk=ready["session"])
+    assert session.status == "active"
+    await second.send_json_to({"type": "stop"})
+    assert (await receive_until(second, "closed"))[-1]["type"] == "closed"
+    session = await TranscriptSession.objects.aget(pk=ready["session"])
+    assert session.status == "finished"
+    await second.disconnect()
+
+
+async def stored_audio_text(session_id: str) -> tuple[float, str]:
+    """Seconds of the session's kept recording, and what tiny.en hears in it offline."""
+    from transcribe.audio.decoder import AsyncAudioDecoder
+    from transcribe.engines import get_engine
+
+    session = await TranscriptSession.objects.aget(pk=session_id)
+    assert session.audio, "no audio was kept"
+    audio = await AsyncAudioDecoder.decode_file(session.audio.path)
+    result = await asyncio.to_thread(get_engine().transcribe_numpy, audio, "en")
+    return len(audio) / 16000, " ".join(s.text for s in result.segments)
+
+
+@override_settings(TRANSCRIBE={"STORE_AUDIO": True})
+async def test_kept_audio_is_the_session_recording(user: Any, audio_dir: Path, refs: dict[str, str]) -> None:
+    comm = communicator(user)
+    ready = await start(comm)
+    await stream(comm, pcm_s16le(load_wav(audio_dir / "jfk.wav")))
+    seconds, text = await stored_audio_text(ready["session"])
+    assert seconds == pytest.approx(11.0, abs=0.05)
+    assert wer(refs["jfk.wav"], text) <= 0.1
+
+
+@override_settings(TRANSCRIBE={"STORE_AUDIO": False})
+async def test_no_audio_is_kept_when_store_audio_is_off(user: Any, audio_dir: Path) -> None:
+    comm = communicator(user)
+    ready = await start(comm)
+    await stream(comm, pcm_s16le(load_wav(audio_dir / "jfk.wav"))[: 16000 * 4])
+    session = await TranscriptSession.objects.aget(pk=ready["session"])
+    assert not session.audio
 
 
 async def test_token_auth_through_the_project_routing(user: Any, audio_dir: Path) -> None:
@@ -285,6 +353,7 @@ async def test_token_auth_through_the_project_routing(user: Any, audio_dir: Path
     assert not connected
 
 
+@override_settings(TRANSCRIBE={"STORE_AUDIO": True})
 async def test_resume_after_a_drop_loses_and_repeats_nothing(
     user: Any, audio_dir: Path, refs: dict[str, str]
 ) -> None:
@@ -329,6 +398,11 @@ async def test_resume_after_a_drop_loses_and_repeats_nothing(
     assert wer(refs["jfk.wav"], closed["text"]) <= 0.15
     session = await TranscriptSession.objects.aget(pk=ready["session"])
     assert session.status == "finished" and session.duration == pytest.approx(11.0, abs=0.05)
+    assert session.word_count == len(closed["text"].split())
+    # Both connections' audio, joined in order into one recording of the whole speech.
+    seconds, heard = await stored_audio_text(ready["session"])
+    assert seconds == pytest.approx(11.0, abs=0.1)
+    assert wer(refs["jfk.wav"], heard) <= 0.1
 
 
 async def test_resuming_someone_elses_session_closes_4403(user: Any) -> None:

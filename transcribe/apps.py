@@ -11,4 +11,4 @@ class TranscribeConfig(AppConfig):
 
     def ready(self) -> None:
         # Registration only: engines and weights load lazily on the first session.
-        from . import checks  # noqa: F401
+        from . import checks, signals  # noqa: F401

@@ -55,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
     # "local": the in-process executor. ("channels", remote runworker processes, is planned; the
     # system check rejects it until then.)
     "INFERENCE": "local",
+    # Keep each session's audio (Ogg/Opus, about 11 MB per hour) so reviewers can listen. Off by
+    # default in the app: recordings are personal data; the demo project turns it on.
+    "STORE_AUDIO": False,
+    # The ``STORAGES`` alias the kept audio goes to. Serve it through the app's views, which check
+    # ownership, never from a public MEDIA_URL.
+    "AUDIO_STORAGE": "default",
+    # Opus bitrate of kept audio, in bits per second (speech at 16 kHz mono).
+    "AUDIO_BITRATE": 24000,
     # Streaming policy (seconds unless said): re-decode the utterance every STEP of new audio,
     # end an utterance after MIN_SILENCE of silence, cut one at MAX_UTTERANCE.
     "STEP": 0.5,

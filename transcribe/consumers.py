@@ -18,12 +18,15 @@ from typing import Any, ClassVar
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db.models import F
 from django.utils import timezone
 
+from .audio.recorder import AudioRecorder
 from .conf import transcribe_settings
 from .exceptions import EngineError
 from .models import TranscriptSessionStatus
 from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessage, parse_message, parse_start
+from .recordings import new_recorder, save_recording
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +37,15 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     # Sessions whose client dropped, still being transcribed and stored.
     draining: ClassVar[set[asyncio.Task[None]]] = set()
     draining_sessions: ClassVar[dict[uuid.UUID, asyncio.Task[None]]] = {}
+    # Sessions with a connected client in this process (a dropped one is not aborted while here).
+    live_sessions: ClassVar[set[uuid.UUID]] = set()
+    # Dropped sessions waiting IDLE_TIMEOUT for their client to resume before they count as aborted.
+    expiring: ClassVar[dict[uuid.UUID, asyncio.Task[None]]] = {}
 
     async def connect(self) -> None:
         self.stt: Any = None
         self.session: Any = None
+        self.recorder: AudioRecorder | None = None
         self.finished = False
         self.connected = False
         self.last_activity = time.monotonic()
@@ -59,6 +67,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self.connected = False
         self.active.discard(self)
+        if self.session is not None:
+            self.live_sessions.discard(self.session.pk)
         if self.watchdog is not None:
             self.watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -86,7 +96,32 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             logger.exception("Could not flush session %s after a disconnect", self.session_id)
         finally:
             await self.stt.close()
-        await self._end_session(TranscriptSessionStatus.ABORTED)
+        await self._save_recording()
+        # Still active: the client may come back and resume. Aborted only if it does not.
+        await self._end_session(TranscriptSessionStatus.ACTIVE)
+        session_id = self.session.pk
+        self._cancel_expiry(session_id)
+        self.expiring[session_id] = asyncio.create_task(self._abort_unless_resumed(session_id))
+
+    @classmethod
+    def _cancel_expiry(cls, session_id: uuid.UUID) -> None:
+        task = cls.expiring.pop(session_id, None)
+        if task is not None:
+            task.cancel()
+
+    @classmethod
+    async def _abort_unless_resumed(cls, session_id: uuid.UUID) -> None:
+        await asyncio.sleep(float(transcribe_settings.IDLE_TIMEOUT))
+        cls.expiring.pop(session_id, None)
+        if session_id in cls.live_sessions or session_id in cls.draining_sessions:
+            return
+        from .models import TranscriptSession
+
+        aborted = await TranscriptSession.objects.filter(
+            pk=session_id, status=TranscriptSessionStatus.ACTIVE
+        ).aupdate(status=TranscriptSessionStatus.ABORTED, ended_at=timezone.now())
+        if aborted:
+            logger.info("Session %s was not resumed within IDLE_TIMEOUT: aborted", session_id)
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         # The session stops counting against MAX_SESSIONS as soon as we close, not when the client
@@ -192,6 +227,9 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 return
             self.session, finals, offset = resumed
             language = self.session.language or language
+        self.live_sessions.add(self.session.pk)
+        self._cancel_expiry(self.session.pk)
+        self.recorder = new_recorder()
         self.stt = OptimizedRealtimeSTT(
             on_event=self.on_pipeline_event,
             engine=engine,
@@ -200,6 +238,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             time_offset=offset,
             seq_start=max((f["seq"] for f in finals), default=0),
             prompt=" ".join(f["text"] for f in finals)[-1000:],
+            on_audio=self.recorder.write if self.recorder is not None else None,
         )
         logger.info(
             "Session %s %s (%s, %s)",
@@ -229,6 +268,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             return
         self.finished = True
         await self.stt.flush()
+        await self._save_recording()
         text, duration = await self._end_session(TranscriptSessionStatus.FINISHED)
         await self.send_event("closed", session=self.session_id, text=text, duration=round(duration, 3))
         await self.close(code=CloseCode.NORMAL)
@@ -242,6 +282,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 if self.stt is not None and not self.finished:
                     self.finished = True
                     await self.stt.flush()
+                    await self._save_recording()
                     await self._end_session(TranscriptSessionStatus.FINISHED)
                 await self.close(code=CloseCode.IDLE_TIMEOUT, reason="idle timeout")
                 return
@@ -265,6 +306,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=json.dumps({"type": kind, **fields}))
 
     # -- persistence --------------------------------------------------------------------------
+
+    async def _save_recording(self) -> None:
+        if self.recorder is not None:
+            recorder, self.recorder = self.recorder, None
+            await save_recording(self.session, recorder, offset=self.stt.time_offset)
 
     @database_sync_to_async
     def _create_session(self, start: StartMessage, engine: Any, language: str | None) -> Any:
@@ -303,7 +349,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def _store_final(self, event: dict[str, Any]) -> int:
-        from .models import TranscriptSegment
+        from .models import TranscriptSegment, TranscriptSession
 
         segment = TranscriptSegment.objects.create(
             session=self.session,
@@ -313,13 +359,16 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             text=event["text"],
             words=event.get("words", []),
         )
+        TranscriptSession.objects.filter(pk=self.session.pk).update(
+            word_count=F("word_count") + len(event["text"].split())
+        )
         return int(segment.pk)
 
     @database_sync_to_async
     def _end_session(self, status: str) -> tuple[str, float]:
         session = self.session
         session.status = status
-        session.ended_at = timezone.now()
+        session.ended_at = None if status == TranscriptSessionStatus.ACTIVE else timezone.now()
         session.duration = self.stt.time_offset + self.stt.duration
         session.save(update_fields=["status", "ended_at", "duration"])
         return session.text, session.duration

@@ -7,6 +7,7 @@ import os
 import uuid
 
 from django.conf import settings
+from django.core.files.storage import Storage, storages
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -15,6 +16,18 @@ class TranscriptSessionStatus(models.TextChoices):
     ACTIVE = "active", _("Active")
     FINISHED = "finished", _("Finished")
     ABORTED = "aborted", _("Aborted")
+
+
+def audio_storage() -> Storage:
+    """The storage of kept audio: the ``STORAGES`` alias named by ``TRANSCRIBE["AUDIO_STORAGE"]``."""
+    from .conf import transcribe_settings
+
+    return storages[transcribe_settings.AUDIO_STORAGE]
+
+
+def audio_upload_to(session: TranscriptSession, filename: str) -> str:
+    # Named by the server, never by the client: no user input reaches the path.
+    return f"transcribe/audio/{session.owner_id}/{session.pk}.ogg"
 
 
 class TranscriptSession(models.Model):
@@ -34,10 +47,28 @@ class TranscriptSession(models.Model):
     ended_at = models.DateTimeField(_("ended"), null=True, blank=True)
     duration = models.FloatField(_("audio duration (s)"), default=0.0)
     client_info = models.CharField(_("client"), max_length=300, blank=True)
+    word_count = models.PositiveIntegerField(_("words"), default=0)
+    audio = models.FileField(
+        _("audio"), upload_to=audio_upload_to, storage=audio_storage, blank=True, max_length=300
+    )
+    reviewed_at = models.DateTimeField(_("reviewed"), null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("reviewed by"),
+    )
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["owner", "-started_at"]), models.Index(fields=["status"])]
+        indexes = [
+            models.Index(fields=["owner", "-started_at"]),
+            models.Index(fields=["-started_at"]),
+            models.Index(fields=["status"]),
+            models.Index(fields=["language"]),
+        ]
         verbose_name = _("transcript session")
 
     def __str__(self) -> str:
@@ -68,6 +99,10 @@ class TranscriptSegment(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.start:.1f}-{self.end:.1f}s"
+
+    @property
+    def is_edited(self) -> bool:
+        return bool(self.edited_text)
 
     @property
     def display_text(self) -> str:

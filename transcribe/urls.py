@@ -12,4 +12,7 @@ urlpatterns = [
     path(
         "sessions/<uuid:pk>/export.<str:extension>", views.SessionExportView.as_view(), name="session-export"
     ),
+    path("sessions/<uuid:pk>/rename/", views.SessionRenameView.as_view(), name="session-rename"),
+    path("sessions/<uuid:pk>/delete/", views.SessionDeleteView.as_view(), name="session-delete"),
+    path("sessions/<uuid:pk>/audio.ogg", views.SessionAudioView.as_view(), name="session-audio"),
 ]

@@ -5,12 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.mixins import LoginRequiredMixin
+from django.contrib.messages.views import SuccessMessageMixin
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
-from django.views.generic import DetailView, ListView
+from django.shortcuts import get_object_or_404
+from django.urls import reverse, reverse_lazy
+from django.views import View
+from django.views.generic import DeleteView, DetailView, ListView, UpdateView
 
 from .exports import DOWNLOADS, download_name, render, session_cues
+from .forms import SessionTitleForm
+from .http import ranged_file_response
 from .models import TranscriptSession
+
+
+def clock(seconds: float) -> str:
+    """A duration as a clock reads it: ``m:ss`` under an hour, ``h:mm:ss`` from then on."""
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class OwnSessionsMixin(LoginRequiredMixin):
@@ -23,6 +36,11 @@ class SessionListView(OwnSessionsMixin, ListView):  # type: ignore[type-arg]
     context_object_name = "sessions"
     paginate_by = 50
 
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["rows"] = [(session, clock(session.duration)) for session in context["sessions"]]
+        return context
+
 
 class SessionDetailView(OwnSessionsMixin, DetailView):  # type: ignore[type-arg]
     template_name = "transcribe/session_detail.html"
@@ -30,6 +48,36 @@ class SessionDetailView(OwnSessionsMixin, DetailView):  # type: ignore[type-arg]
 
     def get_queryset(self) -> QuerySet[TranscriptSession]:
         return super().get_queryset().prefetch_related("segments")
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["duration"] = clock(self.object.duration)
+        context["rename_form"] = SessionTitleForm(instance=self.object)
+        return context
+
+
+class SessionRenameView(OwnSessionsMixin, SuccessMessageMixin, UpdateView):  # type: ignore[type-arg]
+    """``sessions/<id>/rename/``: the detail page posts here; GET (or an invalid title) shows the form alone."""
+
+    form_class = SessionTitleForm
+    template_name = "transcribe/session_rename.html"
+    context_object_name = "session"
+    success_message = "Renamed."
+
+    def get_success_url(self) -> str:
+        return reverse("transcribe:session-detail", args=[self.object.pk])
+
+
+class SessionDeleteView(OwnSessionsMixin, SuccessMessageMixin, DeleteView):  # type: ignore[type-arg]
+    """``sessions/<id>/delete/``: GET asks, POST deletes the session, its segments and its recording."""
+
+    template_name = "transcribe/session_confirm_delete.html"
+    context_object_name = "session"
+    success_url = reverse_lazy("transcribe:session-list")
+
+    def get_success_message(self, cleaned_data: dict[str, Any]) -> str:
+        # The row is gone by now, but the instance still names it.
+        return f"Deleted “{self.object}”."
 
 
 class SessionExportView(OwnSessionsMixin, DetailView):  # type: ignore[type-arg]
@@ -53,3 +101,16 @@ class SessionExportView(OwnSessionsMixin, DetailView):  # type: ignore[type-arg]
             f'attachment; filename="{download_name(session, kwargs["extension"])}"'
         )
         return response
+
+
+class SessionAudioView(LoginRequiredMixin, View):
+    """``sessions/<id>/audio.ogg``: the kept recording, for its owner and for staff who may view
+    sessions (the admin's player). Never served from a public media URL."""
+
+    def get(self, request: HttpRequest, pk: Any) -> HttpResponse:
+        user = request.user
+        sessions = TranscriptSession.objects.exclude(audio="")
+        if not (user.is_staff and user.has_perm("transcribe.view_transcriptsession")):
+            sessions = sessions.filter(owner=user)  # type: ignore[misc]
+        session = get_object_or_404(sessions, pk=pk)
+        return ranged_file_response(request, session.audio, "audio/ogg", download_name(session, "ogg"))

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..audio.buffer import OptimizedAudioBuffer
-from ..audio.decoder import StreamingDecoder, make_decoder
+from ..audio.decoder import PcmCallback, StreamingDecoder, make_decoder
 from ..conf import transcribe_settings
 from ..engines import DecodeOptions, STTEngine, Word, get_engine
 from ..exceptions import DecodeError, EngineError
@@ -96,6 +96,7 @@ class OptimizedRealtimeSTT:
         time_offset: float = 0.0,
         seq_start: int = 0,
         prompt: str = "",
+        on_audio: PcmCallback | None = None,
         **config: Any,
     ) -> None:
         self.cfg = StreamingConfig.from_settings(**config)
@@ -105,6 +106,7 @@ class OptimizedRealtimeSTT:
         self.time_offset = time_offset
         self.events: list[Event] = []
         self._on_event = on_event or self._collect
+        self._on_audio = on_audio  # sees every decoded sample (the recorder)
         self.scheduler = scheduler or InferenceScheduler()
         self.buffer = OptimizedAudioBuffer(max_seconds=self.cfg.max_utterance + 15)
         self.decoder = make_decoder(fmt, self._on_pcm, self._on_decode_error)
@@ -209,6 +211,8 @@ class OptimizedRealtimeSTT:
     # -- audio path (runs on the event loop: keep it cheap) ---------------------------------
 
     async def _on_pcm(self, samples: npt.NDArray[np.float32]) -> None:
+        if self._on_audio is not None and not self.closed:
+            await self._on_audio(samples)
         # A huge frame (MAX_FRAME_BYTES allows ~30 s of PCM) is handled a second at a time, so the
         # VAD, the cuts and the backpressure below see it as the stream it is.
         for offset in range(0, len(samples), SAMPLE_RATE):
