@@ -10,7 +10,7 @@ import srt
 import webvtt
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from transcribe.models import TranscriptSegment, TranscriptSession
@@ -336,3 +336,29 @@ def test_anonymous_is_sent_to_log_in_for_the_recording(session: TranscriptSessio
     with_audio(session)
     response = Client().get(audio_url(session))
     assert response.status_code == 302 and response["Location"].startswith(f"{reverse('login')}?next=")
+
+
+def test_recording_page_needs_a_login_and_names_its_assets(session: TranscriptSession) -> None:
+    anonymous = Client().get("/transcribe/")
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
+    page = client_for("alice").get("/transcribe/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert 'data-ws-url="/ws/transcribe/"' in html and 'data-capture="auto"' in html
+    for asset in ("transcribe/record.js", "transcribe/pcm-worklet.js", "transcribe/record.css"):
+        assert f"/static/{asset}" in html
+    # tiny.en understands English only: no other language is offered.
+    assert page.context["languages"] == [("en", "English")]
+
+
+@pytest.mark.parametrize(("asked", "used"), [("mediarecorder", "mediarecorder"), ("<script>", "auto")])
+def test_recording_page_capture_flag(session: TranscriptSession, asked: str, used: str) -> None:
+    page = client_for("alice").get("/transcribe/", {"capture": asked})
+    assert page.context["capture"] == used
+
+
+@override_settings(TRANSCRIBE={"MODEL": "base", "LANGUAGE": None})
+def test_multilingual_models_offer_languages_and_detection(session: TranscriptSession) -> None:
+    page = client_for("alice").get("/transcribe/")
+    codes = [code for code, _ in page.context["languages"]]
+    assert {"en", "", "de", "fr"} <= set(codes) and page.context["language"] == ""

@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     # "local": the in-process executor. ("channels", remote runworker processes, is planned; the
     # system check rejects it until then.)
     "INFERENCE": "local",
+    # Where the recording page connects: the path of the app's websocket route in your asgi.py.
+    "WEBSOCKET_URL": "/ws/transcribe/",
     # Keep each session's audio (Ogg/Opus, about 11 MB per hour) so reviewers can listen. Off by
     # default in the app: recordings are personal data; the demo project turns it on.
     "STORE_AUDIO": False,

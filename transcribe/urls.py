@@ -7,6 +7,7 @@ from . import views
 app_name = "transcribe"
 
 urlpatterns = [
+    path("", views.RecordView.as_view(), name="record"),
     path("sessions/", views.SessionListView.as_view(), name="session-list"),
     path("sessions/<uuid:pk>/", views.SessionDetailView.as_view(), name="session-detail"),
     path(

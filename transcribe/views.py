@@ -11,8 +11,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse, reverse_lazy
 from django.views import View
-from django.views.generic import DeleteView, DetailView, ListView, UpdateView
+from django.views.generic import DeleteView, DetailView, ListView, TemplateView, UpdateView
 
+from .conf import transcribe_settings
 from .exports import DOWNLOADS, download_name, render, session_cues
 from .forms import SessionTitleForm
 from .http import ranged_file_response
@@ -24,6 +25,44 @@ def clock(seconds: float) -> str:
     minutes, secs = divmod(max(0, round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# Whisper's most common languages first; a multilingual model understands about a hundred.
+LANGUAGES = [
+    ("en", "English"),
+    ("", "Detect automatically"),
+    ("de", "German"),
+    ("es", "Spanish"),
+    ("fr", "French"),
+    ("it", "Italian"),
+    ("ja", "Japanese"),
+    ("nl", "Dutch"),
+    ("pl", "Polish"),
+    ("pt", "Portuguese"),
+    ("ru", "Russian"),
+    ("zh", "Chinese"),
+]
+CAPTURE_MODES = ("auto", "worklet", "mediarecorder")
+
+
+class RecordView(LoginRequiredMixin, TemplateView):
+    """The recording page. ``?capture=mediarecorder`` forces the WebM/Opus path (tests, old browsers)."""
+
+    template_name = "transcribe/record.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        model = str(transcribe_settings.MODEL)
+        english_only = model.endswith(".en")
+        capture = self.request.GET.get("capture", "auto")
+        return super().get_context_data(
+            websocket_url=transcribe_settings.WEBSOCKET_URL,
+            languages=LANGUAGES[:1] if english_only else LANGUAGES,
+            language=transcribe_settings.LANGUAGE or "",
+            english_only=english_only,
+            model=model,
+            capture=capture if capture in CAPTURE_MODES else "auto",
+            **kwargs,
+        )
 
 
 class OwnSessionsMixin(LoginRequiredMixin):
@@ -110,7 +149,10 @@ class SessionAudioView(LoginRequiredMixin, View):
     def get(self, request: HttpRequest, pk: Any) -> HttpResponse:
         user = request.user
         sessions = TranscriptSession.objects.exclude(audio="")
-        if not (user.is_staff and user.has_perm("transcribe.view_transcriptsession")):
+        may_review = user.has_perm("transcribe.view_transcriptsession") or user.has_perm(
+            "transcribe.change_transcriptsession"
+        )
+        if not (user.is_staff and may_review):
             sessions = sessions.filter(owner=user)  # type: ignore[misc]
         session = get_object_or_404(sessions, pk=pk)
         return ranged_file_response(request, session.audio, "audio/ogg", download_name(session, "ogg"))
