@@ -134,7 +134,7 @@ def open_browser(tmp_path: Path, audio_dir: Path) -> Iterator[Any]:
                 str(tmp_path / f"profile-{len(contexts)}"),
                 executable_path=CHROMIUM,
                 headless=True,
-                viewport={"width": 1100, "height": 760},
+                viewport={"width": 1280, "height": 800},
                 args=[
                     "--no-sandbox",
                     "--disable-gpu",

@@ -69,7 +69,11 @@ def test_record_in_the_browser_and_find_the_session(
         page.evaluate(
             "window.transcribeClient.addEventListener('partial', e => window.notePartial(e.detail.text))"
         )
-        page.wait_for_timeout(2500)
+        # Catch a moment with words that may still change (grey) for the picture, if one comes.
+        try:
+            page.wait_for_function("document.getElementById('partial-unstable').textContent.length > 12", timeout=8000)
+        except Exception:
+            pass
         keep_screenshot(page, "record-live.png")
 
     finals = record(page, 11.0, during=watch)
@@ -90,6 +94,20 @@ def test_record_in_the_browser_and_find_the_session(
     page.goto(f"{site_server.url}/transcribe/sessions/")
     assert page.locator(f"a[href*='{session}']").count() >= 1
     keep_screenshot(page, "session-list.png")
+
+    # A reviewer finds it in the admin by a word it contains, listens, and corrects a segment.
+    page.goto(f"{site_server.url}/admin/transcribe/transcriptsession/?q=americans")
+    assert page.locator("#result_list tbody tr").count() == 1
+    keep_screenshot(page, "admin-list.png")
+    page.click("#result_list tbody tr th a")
+    page.wait_for_selector("audio")
+    assert page.evaluate("document.querySelector('audio').readyState") >= 0
+    keep_screenshot(page, "admin-session.png")
+    page.fill("textarea[name$='-edited_text']", "And so, my fellow Americans:")
+    page.click("input[name=_continue]")
+    page.wait_for_selector(".messagelist .success")
+    export = page.request.get(f"{site_server.url}/transcribe/sessions/{session}/export.txt").text()
+    assert export.startswith("And so, my fellow Americans:")
 
 
 def test_the_page_resumes_after_the_server_restarts(
