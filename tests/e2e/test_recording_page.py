@@ -3,6 +3,7 @@ daphne server with the real tiny.en model, and a WAV file of real speech as the 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from typing import Any
 
@@ -13,6 +14,9 @@ from tests.conftest import wer
 from .conftest import PASSWORD, USERNAME, LiveServer, screenshot_dir
 
 pytestmark = pytest.mark.slow
+PlaywrightTimeout = pytest.importorskip(
+    "playwright.sync_api", reason='playwright is missing: pip install -e ".[dev]"'
+).TimeoutError
 
 # Streaming at real time cuts utterances at pauses, so allow more than offline's error rate.
 MAX_WER = 0.15
@@ -70,10 +74,10 @@ def test_record_in_the_browser_and_find_the_session(
             "window.transcribeClient.addEventListener('partial', e => window.notePartial(e.detail.text))"
         )
         # Catch a moment with words that may still change (grey) for the picture, if one comes.
-        try:
-            page.wait_for_function("document.getElementById('partial-unstable').textContent.length > 12", timeout=8000)
-        except Exception:
-            pass
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_function(
+                "document.getElementById('partial-unstable').textContent.length > 12", timeout=8000
+            )
         keep_screenshot(page, "record-live.png")
 
     finals = record(page, 11.0, during=watch)
