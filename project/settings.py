@@ -111,6 +111,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
-        "transcribe": {"handlers": ["console"], "level": os.environ.get("TRANSCRIBE_LOG_LEVEL", "INFO")}
+        "transcribe": {
+            "handlers": ["console"],
+            "level": os.environ.get("TRANSCRIBE_LOG_LEVEL", "INFO"),
+            "propagate": False,  # daphne's root handler would print every line twice
+        }
     },
 }

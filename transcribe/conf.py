@@ -50,6 +50,18 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SESSION_SECONDS": 4 * 3600,
     # Largest binary or text frame accepted, in bytes (4413 past it).
     "MAX_FRAME_BYTES": 1024 * 1024,
+    # Concurrent sessions of one user (a few tabs); one more is closed with 4429.
+    "MAX_SESSIONS_PER_USER": 4,
+    # Audio may arrive at most this many times faster than real time, after a burst of
+    # MAX_AUDIO_BURST seconds (a resumed client re-sends what it kept); past it: 4429.
+    "MAX_AUDIO_SPEED": 4.0,
+    "MAX_AUDIO_BURST": 120.0,
+    # Frames (audio or control) per second, sustained; twice as many in a burst; past it: 4429.
+    "MAX_FRAMES_PER_SECOND": 100,
+    # A final is never sent before it is stored: when the database fails, storing is retried for
+    # this many seconds (the pipeline waits), then the socket closes with 4500 and the client may
+    # resume from the last stored final.
+    "STORE_RETRY_SECONDS": 30.0,
     # Seconds without any message before the socket closes with 4408.
     "IDLE_TIMEOUT": 60,
     # "local": the in-process executor. ("channels", remote runworker processes, is planned; the

@@ -18,12 +18,14 @@ from typing import Any, ClassVar
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from .audio.recorder import AudioRecorder
 from .conf import transcribe_settings
 from .exceptions import EngineError
+from .limits import BYTES_PER_SECOND, TokenBucket
 from .models import TranscriptSessionStatus
 from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessage, parse_message, parse_start
 from .recordings import new_recorder, save_recording
@@ -46,6 +48,9 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         self.stt: Any = None
         self.session: Any = None
         self.recorder: AudioRecorder | None = None
+        self.user_id: Any = None
+        self.audio_budget: TokenBucket | None = None
+        self.storage_failed = False
         self.finished = False
         self.connected = False
         self.last_activity = time.monotonic()
@@ -60,6 +65,14 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             logger.warning("At capacity (%d sessions): refusing a connection", len(self.active))
             await self.close(code=CloseCode.AT_CAPACITY, reason="server at capacity")
             return
+        mine = sum(1 for other in self.active if other.user_id == user.pk)
+        if mine >= transcribe_settings.MAX_SESSIONS_PER_USER:
+            logger.warning("User %s already has %d sessions: refusing another", user.pk, mine)
+            await self.close(code=CloseCode.AT_CAPACITY, reason="too many sessions of this user")
+            return
+        self.user_id = user.pk
+        rate = float(transcribe_settings.MAX_FRAMES_PER_SECOND)
+        self.frame_budget = TokenBucket(rate, burst=2 * rate)
         self.connected = True
         self.active.add(self)
         self.watchdog = asyncio.create_task(self._watch_idle())
@@ -73,7 +86,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             self.watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.watchdog
-        if self.stt is not None and not self.finished:
+        if self.storage_failed:
+            # The database refused a final: store nothing more, so that the session's offset stays
+            # at its last stored final and a resuming client re-sends everything after it.
+            await self._abandon()
+        elif self.stt is not None and not self.finished:
             # The client dropped mid-utterance: still decode and store what it said. This runs
             # detached, since the server cancels a consumer that takes long to disconnect.
             task = asyncio.create_task(self._finish_dropped_session())
@@ -152,6 +169,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=CloseCode.FRAME_TOO_LARGE, reason="frame too large")
             return
+        if not self.frame_budget.take():
+            await self.reject_flood(
+                f"more than {transcribe_settings.MAX_FRAMES_PER_SECOND} frames per second"
+            )
+            return
         try:
             if bytes_data is not None:
                 await self.receive_audio(bytes_data)
@@ -183,12 +205,20 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             return
         if self.finished:
             return
+        if self.audio_budget is not None and not self.audio_budget.take(len(data)):
+            await self.reject_flood(f"audio faster than {transcribe_settings.MAX_AUDIO_SPEED:g}x real time")
+            return
         await self.stt.process_audio_chunk(data)  # bad audio comes back as an ``error`` event
         if self.stt.duration >= transcribe_settings.MAX_SESSION_SECONDS:
             await self.send_event(
                 "error", code=ErrorCode.TOO_LARGE, message="The session reached MAX_SESSION_SECONDS"
             )
             await self.stop()
+
+    async def reject_flood(self, what: str) -> None:
+        logger.warning("Session %s: %s, closing", self.session_id, what)
+        await self.send_event("error", code=ErrorCode.RATE_LIMITED, message=f"Too fast: {what}")
+        await self.close(code=CloseCode.AT_CAPACITY, reason="rate limited")
 
     async def violation(self, what: str) -> None:
         await self.send_event("error", code=ErrorCode.BAD_MESSAGE, message=f"Protocol violation: {what}")
@@ -229,6 +259,11 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             language = self.session.language or language
         self.live_sessions.add(self.session.pk)
         self._cancel_expiry(self.session.pk)
+        per_second = BYTES_PER_SECOND[start.format]
+        self.audio_budget = TokenBucket(
+            per_second * float(transcribe_settings.MAX_AUDIO_SPEED),
+            burst=per_second * float(transcribe_settings.MAX_AUDIO_BURST),
+        )
         self.recorder = new_recorder()
         self.stt = OptimizedRealtimeSTT(
             on_event=self.on_pipeline_event,
@@ -292,12 +327,15 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
 
     async def on_pipeline_event(self, event: dict[str, Any]) -> None:
         if event["type"] == "final":
+            if self.storage_failed:
+                return  # neither stored nor sent: the client re-sends this audio when it resumes
             # Committed before it is sent: a client never sees text the database doesn't have.
-            event = {
-                "type": "final",
-                "id": await self._store_final(event),
-                **{k: v for k, v in event.items() if k != "type"},
-            }
+            try:
+                segment_id = await self._store_final_retrying(event)
+            except DatabaseError as exc:
+                await self._storage_failed(exc)
+                return
+            event = {"type": "final", "id": segment_id, **{k: v for k, v in event.items() if k != "type"}}
         if self.connected:
             await self.send(text_data=json.dumps(event))
 
@@ -306,6 +344,44 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=json.dumps({"type": kind, **fields}))
 
     # -- persistence --------------------------------------------------------------------------
+
+    async def _store_final_retrying(self, event: dict[str, Any]) -> int:
+        """Store a final, retrying with backoff while the database is away (STORE_RETRY_SECONDS)."""
+        deadline = time.monotonic() + float(transcribe_settings.STORE_RETRY_SECONDS)
+        delay = 0.1
+        while True:
+            try:
+                return await self._store_final(event)
+            except DatabaseError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning(
+                    "Session %s: storing final #%s failed (%s); retrying in %.1fs",
+                    self.session_id,
+                    event["seq"],
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _storage_failed(self, exc: Exception) -> None:
+        logger.error("Session %s: the database is unavailable (%s); closing", self.session_id, exc)
+        self.storage_failed = True
+        await self.send_event(
+            "error",
+            code=ErrorCode.STORAGE_ERROR,
+            message="Transcripts cannot be saved right now; reconnect to resume the session",
+        )
+        await self.close(code=CloseCode.INTERNAL_ERROR, reason="storage unavailable")
+
+    async def _abandon(self) -> None:
+        self.finished = True
+        if self.recorder is not None:
+            await self.recorder.abort()
+            self.recorder = None
+        if self.stt is not None:
+            await self.stt.close()
 
     async def _save_recording(self) -> None:
         if self.recorder is not None:
@@ -351,17 +427,23 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     def _store_final(self, event: dict[str, Any]) -> int:
         from .models import TranscriptSegment, TranscriptSession
 
-        segment = TranscriptSegment.objects.create(
-            session=self.session,
-            seq=event["seq"],
-            start=event["start"],
-            end=event["end"],
-            text=event["text"],
-            words=event.get("words", []),
-        )
-        TranscriptSession.objects.filter(pk=self.session.pk).update(
-            word_count=F("word_count") + len(event["text"].split())
-        )
+        with transaction.atomic():
+            try:
+                with transaction.atomic():
+                    segment = TranscriptSegment.objects.create(
+                        session=self.session,
+                        seq=event["seq"],
+                        start=event["start"],
+                        end=event["end"],
+                        text=event["text"],
+                        words=event.get("words", []),
+                    )
+            except IntegrityError:
+                # A retry after a commit whose answer was lost: the row is there already.
+                return int(TranscriptSegment.objects.get(session=self.session, seq=event["seq"]).pk)
+            TranscriptSession.objects.filter(pk=self.session.pk).update(
+                word_count=F("word_count") + len(event["text"].split())
+            )
         return int(segment.pk)
 
     @database_sync_to_async

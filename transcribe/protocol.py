@@ -35,6 +35,7 @@ class ErrorCode:
     TOO_LARGE = "too_large"
     RATE_LIMITED = "rate_limited"
     ENGINE_ERROR = "engine_error"
+    STORAGE_ERROR = "storage_error"
 
 
 class ProtocolError(ValueError):
