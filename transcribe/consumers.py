@@ -294,6 +294,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 "max_frame_bytes": transcribe_settings.MAX_FRAME_BYTES,
                 "max_session_seconds": transcribe_settings.MAX_SESSION_SECONDS,
                 "idle_timeout": transcribe_settings.IDLE_TIMEOUT,
+                "max_audio_speed": transcribe_settings.MAX_AUDIO_SPEED,
+                "max_audio_burst": transcribe_settings.MAX_AUDIO_BURST,
                 "sample_rate": 16000,
             },
         )

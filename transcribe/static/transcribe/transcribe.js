@@ -84,7 +84,8 @@ export class TranscribeClient extends EventTarget {
     this.capture = options.capture || "auto";
     this.workletUrl = options.workletUrl || new URL("pcm-worklet.js", import.meta.url).href;
     this.maxRetries = options.maxRetries ?? 8;
-    this.keepSeconds = options.keepSeconds ?? 600;
+    // Below the server's MAX_AUDIO_BURST (120 s by default), so a resume's re-send is not a flood.
+    this.keepSeconds = options.keepSeconds ?? 100;
 
     this.state = "idle";
     this.session = null; // id of the saved session, from the first `ready`
