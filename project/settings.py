@@ -76,7 +76,19 @@ def database_from_url(url: str) -> dict[str, object]:
 DATABASES = {
     "default": database_from_url(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"))
 }
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# One process: the in-memory layer. Several web nodes or remote inference workers: Redis.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CHANNEL_LAYERS = {
+    "default": (
+        {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Inference jobs are one per session in flight: the queue holds what the sessions hold.
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 60},
+        }
+        if REDIS_URL
+        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    )
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -104,6 +116,8 @@ TRANSCRIBE = {
     "MODEL": os.environ.get("TRANSCRIBE_MODEL", "tiny.en"),
     "DEVICE": os.environ.get("TRANSCRIBE_DEVICE", "cpu"),
     "STORE_AUDIO": os.environ.get("TRANSCRIBE_STORE_AUDIO", "1") == "1",
+    # "local", or "channels": inference on `manage.py runworker transcribe-inference` processes.
+    "INFERENCE": os.environ.get("TRANSCRIBE_INFERENCE", "local"),
 }
 
 LOGGING = {

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,17 @@ def corpus_wer(pairs: list[tuple[str, str]]) -> float:
     refs = [normalize(r) for r, _ in pairs if normalize(r)]
     hyps = [normalize(h) for r, h in pairs if normalize(r)]
     return float(jiwer.wer(refs, hyps))
+
+
+@pytest.fixture(autouse=True)
+def forget_connections() -> Iterator[None]:
+    """Consumers register themselves in class-level sets (MAX_SESSIONS, resume); a test that leaves
+    a communicator open must not count against the next test's user."""
+    yield
+    from transcribe.consumers import TranscribeConsumer
+
+    for task in TranscribeConsumer.expiring.values():
+        task.cancel()
+    TranscribeConsumer.expiring.clear()
+    TranscribeConsumer.active.clear()
+    TranscribeConsumer.live_sessions.clear()

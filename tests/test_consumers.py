@@ -25,15 +25,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHUNK = 8000  # bytes of pcm_s16le: 250 ms
 
 
-@pytest.fixture(autouse=True)
-async def no_expiry_left_behind() -> Any:
-    """Dropped sessions schedule their abort on this test's event loop: cancel what is left."""
-    yield
-    for task in TranscribeConsumer.expiring.values():
-        task.cancel()
-    TranscribeConsumer.expiring.clear()
-
-
 @pytest.fixture
 def user() -> Any:
     return get_user_model().objects.create_user("alice", password="pw")
@@ -52,7 +43,8 @@ async def start(comm: WebsocketCommunicator, **fields: Any) -> dict[str, Any]:
     await comm.send_json_to(
         {"type": "start", "format": "pcm_s16le", "sample_rate": 16000, "language": "en", **fields}
     )
-    ready = await comm.receive_json_from(timeout=10)
+    # A resume waits for the dropped connection's audio to be transcribed and stored: allow for it.
+    ready = await comm.receive_json_from(timeout=60)
     assert ready["type"] == "ready", ready
     return ready
 
@@ -417,3 +409,41 @@ async def test_resuming_someone_elses_session_closes_4403(user: Any) -> None:
     await comm.send_json_to({"type": "start", "format": "pcm_s16le", "session": ready["session"]})
     assert (await comm.receive_json_from(timeout=10))["type"] == "error"
     assert (await comm.receive_output(timeout=5))["code"] == CloseCode.NOT_YOUR_SESSION
+
+
+async def test_resuming_while_the_old_connection_lingers_takes_it_over(
+    user: Any, audio_dir: Path, refs: dict[str, str]
+) -> None:
+    """The client lost its network but the server never saw the socket close: the resume closes
+    the stale connection (4409), stores what it heard, and the stale one can no longer touch the
+    session when the server finally notices it."""
+    data = pcm_s16le(load_wav(audio_dir / "jfk.wav"))
+    cut = len(data) // 2
+    stale = communicator(user)
+    ready = await start(stale)
+    for i in range(0, cut, CHUNK):
+        await stale.send_to(bytes_data=data[i : min(i + CHUNK, cut)])
+    await asyncio.sleep(0.5)  # the frames are in before the network "goes away"
+
+    fresh = communicator(user)
+    resumed = await start(fresh, session=ready["session"])
+    closed = await stale.receive_output(timeout=10)
+    while closed["type"] != "websocket.close":
+        closed = await stale.receive_output(timeout=10)
+    assert closed["code"] == CloseCode.TAKEN_OVER
+    assert resumed["offset"] == pytest.approx(cut / 2 / 16000, abs=0.01)
+    events = await stream(fresh, data[int(resumed["offset"] * 16000) * 2 :])
+    await stale.disconnect()  # the server notices the dead socket only now
+    await asyncio.sleep(0.5)
+    stored = await database_sync_to_async(
+        lambda: list(
+            TranscriptSegment.objects.filter(session_id=ready["session"])
+            .order_by("seq")
+            .values_list("seq", "text")
+        )
+    )()
+    assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+    assert events[-1]["text"] == " ".join(text for _, text in stored)
+    assert wer(refs["jfk.wav"], events[-1]["text"]) <= 0.15
+    session = await TranscriptSession.objects.aget(pk=ready["session"])
+    assert session.status == "finished" and session.duration == pytest.approx(11.0, abs=0.05)

@@ -1,19 +1,31 @@
-"""A real daphne server on a free port, driven by the reference client over a real socket."""
+"""A real daphne server on a free port, driven by the reference client over a real socket.
+
+The resume tests break the connection the two ways it breaks in production: the server process dies
+(SIGKILL, then a new daphne on the same port and the same SQLite file), or the network between client
+and server goes away while the server lives on (a TCP proxy in the test that aborts both sides).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import wer
+from transcribe.client import ReconnectAttempt, StreamResult, stream_file
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -25,47 +37,109 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def daphne_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A migrated SQLite file, a user with a token and daphne serving project.asgi, as a newcomer
-    would run them; yields (websocket URL, token)."""
-    db = tmp_path_factory.mktemp("live") / "db.sqlite3"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{db}",
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-        "DJANGO_DEBUG": "0",
-    }
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "--noinput"], cwd=ROOT, env=env, check=True, capture_output=True)
-    token = subprocess.run(
-        [*manage, "transcribe_token", "newcomer", "--create-user"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+class LiveSite:
+    """A migrated SQLite file, a user with a token and daphne serving project.asgi, as a newcomer would
+    run them. The server can be killed and started again on the same port and database."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.db = folder / "db.sqlite3"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{self.db}",
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "DJANGO_DEBUG": "0",
+            "DJANGO_MEDIA_ROOT": str(folder / "media"),  # kept recordings stay out of the checkout
+        }
+        manage = [sys.executable, "manage.py"]
+        subprocess.run(
+            [*manage, "migrate", "--noinput"], cwd=ROOT, env=self.env, check=True, capture_output=True
+        )
+        self.token = subprocess.run(
+            [*manage, "transcribe_token", "newcomer", "--create-user"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/ws/transcribe/"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        log = (self.folder / f"daphne-{self.starts}.log").open("wb")  # a pipe nobody reads could fill up
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        self.starts += 1
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.process.poll() is not None:
                 break
-        time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail(f"daphne did not start: {server.stderr.read().decode() if server.stderr else ''}")
-    yield f"ws://127.0.0.1:{port}/ws/transcribe/", token
-    server.terminate()
-    server.wait(timeout=10)
+            time.sleep(0.05)
+        self.process.kill()
+        pytest.fail(f"daphne did not start:\n{self.log()}")
+
+    def crash(self) -> None:
+        """SIGKILL: no close frames, no cleanup, whatever was in flight is lost."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")[-3000:] for p in sorted(self.folder.glob("daphne-*.log"))
+        )
+
+    def segments(self, session: str) -> list[tuple[int, int, str, float, float]]:
+        with contextlib.closing(sqlite3.connect(self.db)) as db:
+            return db.execute(
+                'SELECT id, seq, text, start, "end" FROM transcribe_transcriptsegment'
+                " WHERE session_id = ? ORDER BY seq",
+                (uuid.UUID(session).hex,),
+            ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def daphne_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSite]:
+    """One site for the tests that leave the server running."""
+    site = LiveSite(tmp_path_factory.mktemp("live"))
+    site.start()
+    yield site
+    site.stop()
+
+
+@pytest.fixture
+def crashable_server(tmp_path: Path) -> Iterator[LiveSite]:
+    """A site of its own for a test that kills its server."""
+    site = LiveSite(tmp_path)
+    site.start()
+    yield site
+    site.stop()
 
 
 def run_client(url: str, clip: Path, *args: str) -> tuple[int, list[dict[str, object]]]:
@@ -81,11 +155,17 @@ def run_client(url: str, clip: Path, *args: str) -> tuple[int, list[dict[str, ob
 
 @pytest.mark.parametrize("fmt", ["pcm_s16le", "webm"])
 def test_reference_client_streams_a_file(
-    daphne_server: tuple[str, str], audio_dir: Path, refs: dict[str, str], fmt: str
+    daphne_server: LiveSite, audio_dir: Path, refs: dict[str, str], fmt: str
 ) -> None:
-    url, token = daphne_server
     code, events = run_client(
-        url, audio_dir / "librispeech_1272-128104-0000.wav", "--token", token, "--format", fmt, "--speed", "2"
+        daphne_server.url,
+        audio_dir / "librispeech_1272-128104-0000.wav",
+        "--token",
+        daphne_server.token,
+        "--format",
+        fmt,
+        "--speed",
+        "2",
     )
     assert code == 0, events
     kinds = [e["type"] for e in events]
@@ -96,8 +176,162 @@ def test_reference_client_streams_a_file(
     assert " ".join(str(e["text"]) for e in events if e["type"] == "final") == closed["text"]
 
 
-def test_anonymous_client_is_refused_with_4401(daphne_server: tuple[str, str], audio_dir: Path) -> None:
-    url, _ = daphne_server
-    code, events = run_client(url, audio_dir / "librispeech_61-70968-0002.wav")
+def test_anonymous_client_is_refused_with_4401(daphne_server: LiveSite, audio_dir: Path) -> None:
+    code, events = run_client(daphne_server.url, audio_dir / "librispeech_61-70968-0002.wav")
     assert code == 2
     assert events[-1]["type"] == "disconnected" and events[-1]["code"] == 4401  # daphne sends no close reason
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def assert_each_final_once(site: LiveSite, result: StreamResult, reference: str) -> None:
+    """The client's finals are the stored segments, each once, in order, and they say the right thing."""
+    assert result.ok, (result.close_code, result.events[-3:], site.log())
+    assert result.session is not None
+    seqs = [f["seq"] for f in result.finals]
+    assert seqs == sorted(set(seqs)), seqs  # strictly increasing: no duplicate, nothing out of order
+    assert site.segments(result.session) == [
+        (f["id"], f["seq"], f["text"], f["start"], f["end"]) for f in result.finals
+    ]
+    closed = [e for e in result.events if e["type"] == "closed"]
+    assert len(closed) == 1 and closed[0]["text"] == " ".join(f["text"] for f in result.finals)
+    assert wer(reference, result.text) <= 0.15, result.text
+
+
+async def test_client_resumes_after_the_server_crashes(
+    crashable_server: LiveSite, audio_dir: Path, refs: dict[str, str]
+) -> None:
+    """Kill daphne after the second final and start a new one on the same port and database; the
+    client resumes against it from the end of the last stored final and the session ends whole."""
+    site = crashable_server
+    clip = "ljspeech_LJ001-0001_to_0008.wav"  # 52 s, eight sentences: finals on both sides of the crash
+    loop = asyncio.get_running_loop()
+    restart: asyncio.Future[None] | None = None
+    finals = 0
+
+    def restart_server() -> None:
+        site.crash()
+        site.start()
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal restart, finals
+        finals += event["type"] == "final"
+        if finals == 2 and restart is None:
+            restart = loop.run_in_executor(None, restart_server)  # off the loop: the client goes on
+
+    attempts: list[ReconnectAttempt] = []
+    result = await stream_file(
+        site.url,
+        audio_dir / clip,
+        token=site.token,
+        speed=4,
+        on_event=on_event,
+        on_reconnect=attempts.append,
+        retries=6,
+        backoff=0.25,
+        stop_timeout=60,
+    )
+    assert restart is not None, "no second final before the end of the stream"
+    await restart
+
+    assert site.starts == 2 and result.resumes >= 1
+    assert attempts[0].reason == "connection lost (no close frame)"
+    ready = [e for e in result.events if e["type"] == "ready"]
+    assert ready[-1]["resumed"] is True and ready[-1]["session"] == result.session
+    # The offset after a crash is the end of the last stored final: the client had to keep the audio
+    # after it, and finals kept coming after the resume.
+    assert ready[-1]["offset"] == max(f["end"] for f in ready[-1]["finals"])
+    assert len(result.finals) > len(ready[-1]["finals"]) >= 2
+    assert_each_final_once(site, result, refs[clip])
+
+
+class CuttableProxy:
+    """A TCP proxy for a network that fails: it can stop delivering what the server sends (a stalled
+    link: the server goes on storing finals the client never gets), and abort every connection on both
+    sides at once (the link is gone: no close frame either way)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.stalled = False
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _link(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.links.append((client_w, server_w))
+        await asyncio.gather(self._pipe(client_r, server_w, False), self._pipe(server_r, client_w, True))
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_client: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if to_client and self.stalled:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+    def cut(self) -> None:
+        for client_w, server_w in self.links:
+            client_w.transport.abort()
+            server_w.transport.abort()
+        self.links.clear()
+        self.stalled = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def proxy(daphne_server: LiveSite) -> AsyncIterator[CuttableProxy]:
+    """A cuttable network path to the shared server."""
+    proxy = CuttableProxy(daphne_server.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+async def test_client_resumes_after_the_network_drops(
+    daphne_server: LiveSite, proxy: CuttableProxy, audio_dir: Path, refs: dict[str, str]
+) -> None:
+    """After the first final the link stalls for 1.5 s (3 s of audio reach the server, nothing comes
+    back), then dies. The server transcribes and stores what it received, finals the client never saw,
+    and answers the resume with them and the offset it got to; the client records each of them once,
+    in order, and sends the rest of the audio."""
+    clip = "jfk.wav"
+    url = f"ws://127.0.0.1:{proxy.port}/ws/transcribe/"
+    loop = asyncio.get_running_loop()
+    cut: asyncio.TimerHandle | None = None
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal cut
+        if event["type"] == "final" and cut is None:
+            proxy.stalled = True
+            cut = loop.call_later(1.5, proxy.cut)
+
+    result = await stream_file(
+        url,
+        audio_dir / clip,
+        token=daphne_server.token,
+        speed=2,
+        on_event=on_event,
+        backoff=0.25,
+        stop_timeout=60,
+    )
+    assert cut is not None and result.resumes == 1
+    ready = [e for e in result.events if e["type"] == "ready"]
+    # Alive, the server knows how much audio it got, which may be past the last final's end.
+    assert ready[-1]["resumed"] is True and ready[-1]["offset"] >= max(f["end"] for f in ready[-1]["finals"])
+    recovered = [f["seq"] for f in result.finals if f.get("recovered")]
+    assert recovered and recovered == list(range(recovered[0], recovered[0] + len(recovered)))
+    assert_each_final_once(daphne_server, result, refs[clip])

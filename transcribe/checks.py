@@ -99,11 +99,12 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
         errors.append(Error("TRANSCRIBE['DEVICE'] must be 'cpu', 'cuda' or 'auto'.", id="transcribe.E005"))
     if merged["INFERENCE"] not in ("local", "channels"):
         errors.append(Error("TRANSCRIBE['INFERENCE'] must be 'local' or 'channels'.", id="transcribe.E005"))
-    if merged["INFERENCE"] == "channels":
+    layer = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND", "")
+    if merged["INFERENCE"] == "channels" and (not layer or layer.endswith("InMemoryChannelLayer")):
         errors.append(
             Error(
-                "TRANSCRIBE['INFERENCE'] = 'channels' (remote workers) is not available yet.",
-                hint="Use 'local'.",
+                "TRANSCRIBE['INFERENCE'] = 'channels' needs a channel layer that other processes share.",
+                hint="Configure channels_redis.core.RedisChannelLayer (the demo: set REDIS_URL).",
                 id="transcribe.E005",
             )
         )

@@ -24,14 +24,32 @@ From Python (tests, load benchmarks)::
     result = await stream_file("ws://localhost:8000/ws/transcribe/", "talk.wav", token="0123abcd", speed=0)
     print(result.text, result.close_code)
 
+    # resume a dropped connection up to 3 times in a row, after 0.2 s, 0.4 s, 0.8 s
+    result = await stream_file(url, "talk.wav", token="0123abcd", retries=3, backoff=0.2, on_reconnect=print)
+    print(result.resumes, [final["seq"] for final in result.finals])  # each final once, in order
+
     # N concurrent sessions of one file: encode once, stream many times
     audio, duration = await encode_audio("talk.wav", "pcm_s16le")
     results = await asyncio.gather(*(stream_audio(url, audio, duration, token=t) for _ in range(4)))
 
+Resume: when the connection drops mid-stream (no close frame, 1001 going away, 1011, 1012-1014: the
+network or a server restart, never a deliberate close such as 4401, 4403, 4413, 4429 or 4400), the
+client reconnects after 0.5 s, 1 s, 2 s, ... (``--backoff``, doubling up to ``--max-backoff``), at most
+``--retries`` times in a row, and sends ``start`` with the session id of the first ``ready``. The
+server's ``ready`` then carries the stored finals and the offset (seconds of session audio) they cover:
+finals the client has not seen are recorded as ``final`` events with ``"recovered": true`` (so every
+final reaches ``on_event`` and the result exactly once, in ``seq`` order), and the audio is sent again
+from that offset on. A file or buffer is its own replay source: PCM is sliced at the offset, WebM is
+re-encoded from it, and pacing goes on against the session's original clock (re-sent audio that a live
+source would already have captured goes out at once). A resume that brings the session no further
+(same offset, no new finals) still counts against ``--retries``, so a server that fails on the same
+audio again and again is not retried forever.
+
 Exit status of ``main``: 0 when the server closed normally (1000) or sent ``closed``; 1 when the file could
 not be read or encoded; 2 when the connection failed, was refused (e.g. HTTP 403 from the origin
-validator), timed out, or the server closed with any other code (then a ``{"type": "disconnected",
-"code": N, "reason": "..."}`` line is printed on stdout first).
+validator), timed out, or the server closed with any other code, or the connection dropped and could
+not be resumed (then a ``{"type": "disconnected", "code": N, "reason": "..."}`` line is printed on
+stdout first).
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import statistics
 import sys
 import time
@@ -51,7 +70,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 
 from transcribe.audio.ffmpeg import find_ffmpeg
 from transcribe.exceptions import DecodeError
@@ -77,24 +102,86 @@ WEBM_ENCODE_ARGS: tuple[str, ...] = (
 
 EventCallback = Callable[[dict[str, Any]], None]
 
+# Close codes that mean the connection was lost rather than ended: 1006 is what a client reports when
+# no close frame came at all (a crashed server, a cut network, a keepalive ping that timed out), 1001 a
+# server going away, 1011 an unexpected server error, 1012-1014 a restart, "try again later" and a
+# proxy's bad gateway. Everything else (1000, and the application's 4400, 4401, 4403, 4408, 4413, 4429,
+# 4500) is the server's decision, and asking again would get the same answer.
+RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+
+
+def is_retryable(close_code: int | None) -> bool:
+    """Whether a connection that closed with ``close_code`` was dropped (worth resuming)."""
+    return close_code in RETRYABLE_CLOSE_CODES
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a dropped session is resumed.
+
+    Attempt ``n`` (1-based) waits ``backoff * 2 ** (n - 1)`` seconds, at most ``max_backoff``, less up to
+    ``jitter`` of it at random, so that the clients of a restarted server do not all come back in the same
+    instant. ``retries`` bounds the attempts in a row; 0 turns resuming off.
+    """
+
+    retries: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoff and max_backoff must be >= 0")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter must be in [0, 1)")
+
+    def delay(self, attempt: int) -> float:
+        if attempt < 1:
+            raise ValueError("attempts count from 1")
+        # min() before the power: 2 ** 2000 as a float would overflow.
+        delay = min(self.max_backoff, self.backoff * 2 ** min(attempt - 1, 62))
+        return delay * (1 - self.jitter * random.random())  # spreads retries; not a secret
+
+
+@dataclass(frozen=True)
+class ReconnectAttempt:
+    """Told to ``on_reconnect`` before each wait: the session is resumed after ``delay`` seconds."""
+
+    session: str
+    attempt: int  # 1-based, in a row (a resume that moves the session on starts the count again)
+    retries: int
+    delay: float
+    reason: str  # why the last connection ended or the last attempt failed, for people
+
+
+ReconnectCallback = Callable[[ReconnectAttempt], None]
+
 
 @dataclass
 class StreamResult:
-    """What one streamed session produced.
+    """What one streamed session produced, over all of its connections.
 
-    ``events`` holds every server event in arrival order, each with the client-side ``"t"`` field;
-    ``close_code`` is None when the socket never closed from the server's side (e.g. a timeout).
+    ``events`` holds every server event in arrival order, each with the client-side ``"t"`` field; finals
+    that the server stored while the client was away arrive in a resumed ``ready`` and are added as
+    ``final`` events with ``"recovered": true``, and a final whose ``seq`` was already seen is dropped, so
+    ``finals`` holds each final exactly once, in order. ``close_code`` is None when the socket never closed
+    from the server's side (e.g. a timeout); after a drop that could not be resumed it is the drop's code
+    (1006 when no close frame came).
     """
 
     events: list[dict[str, Any]] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str = ""
-    duration: float = 0.0  # seconds of audio sent
+    duration: float = 0.0  # seconds of audio in the source
     elapsed: float = 0.0  # wall seconds from the first audio frame to the end of the session
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # over all connections, audio sent again after a resume included
     speed: float = 1.0
     session: str | None = None  # the server's session id from ``ready``
     timed_out: bool = False
+    reconnects: int = 0  # attempts to reconnect after a drop
+    resumes: int = 0  # of which were answered with ``ready``
 
     @property
     def finals(self) -> list[dict[str, Any]]:
@@ -122,14 +209,15 @@ class StreamResult:
         """Seconds from the moment each final's last audio was sent to the moment the final arrived.
 
         Only meaningful for paced streams (speed > 0): audio at session time ``end`` left the client at
-        about ``end / speed`` (up to one chunk later), so the latency is ``t - end / speed``.
+        about ``end / speed`` (up to one chunk later), so the latency is ``t - end / speed``. Recovered
+        finals are left out: they arrived late because the connection was down.
         """
         if self.speed <= 0:
             return []
         return [
             e["t"] - float(e["end"]) / self.speed
             for e in self.finals
-            if e.get("t") is not None and isinstance(e.get("end"), int | float)
+            if e.get("t") is not None and isinstance(e.get("end"), int | float) and not e.get("recovered")
         ]
 
 
@@ -177,12 +265,15 @@ async def encode_audio(path: str | Path, fmt: AudioFormat = "pcm_s16le") -> tupl
     duration = len(pcm) / PCM_BYTES_PER_SECOND
     if fmt == "pcm_s16le":
         return pcm, duration
-    webm = await _run_ffmpeg(
+    return await _encode_webm(pcm, f"encode {path} to WebM/Opus"), duration
+
+
+async def _encode_webm(pcm: bytes, what: str) -> bytes:
+    return await _run_ffmpeg(
         ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0", *WEBM_ENCODE_ARGS, "pipe:1"],
         pcm,
-        f"encode {path} to WebM/Opus",
+        what,
     )
-    return webm, duration
 
 
 def iter_chunks(data: bytes, fmt: AudioFormat, duration: float, chunk_ms: float) -> Iterator[bytes]:
@@ -267,6 +358,10 @@ async def stream_audio(
     ready_timeout: float = 30.0,
     stop_timeout: float | None = None,
     open_timeout: float = 10.0,
+    retries: int = 5,
+    backoff: float = 0.5,
+    max_backoff: float = 8.0,
+    on_reconnect: ReconnectCallback | None = None,
 ) -> StreamResult:
     """Stream already-encoded audio through one ``stt.v1`` session and collect the server's events.
 
@@ -274,79 +369,271 @@ async def stream_audio(
     included. ``stop_timeout`` bounds the wait for ``closed`` after ``stop`` (None: wait as long as the
     server keeps the socket alive; websockets' pings still detect a dead peer).
 
+    A connection that drops after the first ``ready`` is resumed (module docstring): up to ``retries``
+    attempts in a row, waiting ``backoff`` seconds before the first and twice as long before each next
+    one, at most ``max_backoff``; ``on_reconnect`` is told about each attempt before its wait.
+
     Raises ``OSError`` (refused, unreachable), ``InvalidStatus`` (HTTP rejection such as 403),
     ``InvalidHandshake``/``InvalidURI``, or ``TimeoutError`` when no ``ready`` comes in ``ready_timeout``.
-    A close by the server is not an exception: see ``StreamResult.close_code``.
+    Once the session exists, the same failures are retried instead (all but an HTTP 4xx answer, which
+    is raised), and a drop that the retries cannot mend is reported in the result. A close by the server
+    is not an exception: see ``StreamResult.close_code``.
     """
     if speed < 0:
         raise ValueError("speed must be >= 0 (0 = as fast as possible)")
-    result = StreamResult(duration=duration, speed=speed)
-    clock = _Clock()
-
-    def record(event: dict[str, Any]) -> None:
-        event["t"] = clock.since_start()
-        result.events.append(event)
-        if on_event is not None:
-            on_event(event)
-
     start: dict[str, Any] = {"type": "start", "format": fmt, "sample_rate": SAMPLE_RATE, "language": language}
     if title:
         start["title"] = title
-
-    async with connect(
+    session = _Session(
         url,
-        origin=_origin_for(url),  # type: ignore[arg-type]  # Origin is a NewType of str
-        additional_headers=_headers(token, session_cookie),
+        _ReplaySource(audio, fmt, duration, chunk_ms),
+        start,
+        headers=_headers(token, session_cookie),
+        speed=speed,
+        chunk_ms=chunk_ms,
+        ready_timeout=ready_timeout,
+        stop_timeout=stop_timeout,
         open_timeout=open_timeout,
-        max_size=None,  # a resumed session's `ready` may carry many finals
-        compression=None,  # audio does not deflate; don't spend CPU on both ends trying
-    ) as ws:
+        policy=RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff),
+        on_event=on_event,
+        on_reconnect=on_reconnect,
+    )
+    return await session.run()
+
+
+class _ReplaySource:
+    """The stream's audio from any session offset on, to send again after a resume.
+
+    A file or buffer is its own replay buffer, so nothing extra is kept: PCM is cut at the offset (on a
+    whole sample). WebM cannot be cut at a byte (each connection needs a header, and an Opus packet does
+    not start just anywhere), so it is decoded once and the rest encoded again from the offset; Opus is
+    sample-aligned after its pre-skip, so the new stream starts where the server expects it.
+    """
+
+    def __init__(self, audio: bytes, fmt: AudioFormat, duration: float, chunk_ms: float) -> None:
+        self.audio = audio
+        self.fmt = fmt
+        self.duration = duration
+        self.chunk_ms = chunk_ms
+        self._pcm: bytes | None = None
+
+    async def frames_from(self, offset: float) -> list[bytes]:
+        if offset <= 0:
+            return list(iter_chunks(self.audio, self.fmt, self.duration, self.chunk_ms))
+        pcm = self.audio if self.fmt == "pcm_s16le" else await self._decoded()
+        rest = pcm[min(len(pcm), round(offset * SAMPLE_RATE) * 2) :]
+        if not rest:
+            return []
+        seconds = len(rest) / PCM_BYTES_PER_SECOND
+        if self.fmt == "pcm_s16le":
+            return list(iter_chunks(rest, "pcm_s16le", seconds, self.chunk_ms))
+        webm = await _encode_webm(rest, f"encode the audio from {offset:.3f} s on to resume")
+        return list(iter_chunks(webm, "webm", seconds, self.chunk_ms))
+
+    async def _decoded(self) -> bytes:
+        if self._pcm is None:
+            self._pcm = await _run_ffmpeg(
+                ["-f", "webm", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "pipe:1"],
+                self.audio,
+                "decode the WebM stream to resume it",
+            )
+        return self._pcm
+
+
+@dataclass
+class _Connection:
+    """How one connection of a session went."""
+
+    ready: dict[str, Any] | None = None
+    offset: float = 0.0  # where this connection's audio started, in seconds of session audio
+    finished: bool = False  # the server sent ``closed``: the session is over
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @property
+    def reason(self) -> str:
+        if self.close_code == 1006:
+            return "connection lost (no close frame)"
+        return f"connection closed with {self.close_code}" + (
+            f" ({self.close_reason})" if self.close_reason else ""
+        )
+
+
+class _Session:
+    """One ``stt.v1`` session, over as many connections as it takes (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        source: _ReplaySource,
+        start: dict[str, Any],
+        *,
+        headers: dict[str, str],
+        speed: float,
+        chunk_ms: float,
+        ready_timeout: float,
+        stop_timeout: float | None,
+        open_timeout: float,
+        policy: RetryPolicy,
+        on_event: EventCallback | None,
+        on_reconnect: ReconnectCallback | None,
+    ) -> None:
+        self.url = url
+        self.origin = _origin_for(url)
+        self.source = source
+        self.start = start
+        self.headers = headers
+        self.speed = speed
+        self.interval = chunk_ms / 1000 / speed if speed else 0.0
+        self.chunk_ms = chunk_ms
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.open_timeout = open_timeout
+        self.policy = policy
+        self.on_event = on_event
+        self.on_reconnect = on_reconnect
+        self.result = StreamResult(duration=source.duration, speed=speed)
+        self.clock = _Clock()
+        self.seen: set[int] = set()  # seq of every final recorded
+        self.finished = False
+
+    def record(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "final" and isinstance(seq := event.get("seq"), int):
+            if seq in self.seen:
+                logger.info("Session %s: dropping final %d, already received", self.result.session, seq)
+                return
+            self.seen.add(seq)
+        elif event.get("type") == "closed":
+            self.finished = True
+        event["t"] = self.clock.since_start()
+        self.result.events.append(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    async def run(self) -> StreamResult:
+        result = self.result
+        failures = 0  # attempts in a row that did not move the session on
+        progress = (0.0, 0)  # (offset, finals) at the last ready: a resume must beat it to reset failures
+        while True:
+            resuming = result.session is not None
+            try:
+                conn = await self._connect_and_stream()
+            except (OSError, InvalidHandshake) as exc:  # TimeoutError is an OSError
+                if not resuming or (isinstance(exc, InvalidStatus) and exc.response.status_code < 500):
+                    raise  # never connected, or the server says no (403, 404): retrying will not help
+                reason = f"could not reconnect ({str(exc) or type(exc).__name__})"
+            else:
+                if conn.ready is not None:
+                    if resuming:
+                        result.resumes += 1
+                    if (conn.offset, len(self.seen)) > progress:
+                        progress = (conn.offset, len(self.seen))
+                        failures = 0
+                if conn.finished or result.timed_out or result.session is None:
+                    break
+                if not is_retryable(conn.close_code):
+                    break
+                reason = conn.reason
+            failures += 1
+            if failures > self.policy.retries:
+                if self.policy.retries:
+                    logger.info(
+                        "Session %s: giving up after %d attempts to resume it", result.session, failures - 1
+                    )
+                break
+            delay = self.policy.delay(failures)
+            result.reconnects += 1
+            logger.info(
+                "Session %s: %s; resuming in %.1f s (attempt %d)", result.session, reason, delay, failures
+            )
+            if self.on_reconnect is not None:
+                self.on_reconnect(
+                    ReconnectAttempt(str(result.session), failures, self.policy.retries, delay, reason)
+                )
+            await asyncio.sleep(delay)
+        result.elapsed = self.clock.since_start() or 0.0
+        return result
+
+    async def _connect_and_stream(self) -> _Connection:
+        conn = _Connection()
+        start = self.start if self.result.session is None else {**self.start, "session": self.result.session}
+        async with connect(
+            self.url,
+            origin=self.origin,  # type: ignore[arg-type]  # Origin is a NewType of str
+            additional_headers=self.headers,
+            open_timeout=self.open_timeout,
+            max_size=None,  # a resumed session's `ready` may carry many finals
+            compression=None,  # audio does not deflate; don't spend CPU on both ends trying
+        ) as ws:
+            await self._stream(ws, start, conn)
+            # Leaving the context closes with 1000 if the server has not; the codes below are the
+            # server's when it closed first (1006 when the connection just died), which is what tells
+            # success from a rejected session from a drop.
+        conn.finished = self.finished
+        if not self.result.timed_out:
+            conn.close_code, conn.close_reason = ws.close_code, ws.close_reason or ""
+            self.result.close_code, self.result.close_reason = conn.close_code, conn.close_reason
+        return conn
+
+    async def _stream(self, ws: ClientConnection, start: dict[str, Any], conn: _Connection) -> None:
         try:
             await ws.send(json.dumps(start))
         except ConnectionClosed:  # refused right after the handshake (not authenticated, at capacity)
-            result.close_code, result.close_reason = ws.close_code, ws.close_reason or ""
-            return result
+            return
         try:
-            async with asyncio.timeout(ready_timeout):
-                ready = await _wait_ready(ws, record)
+            async with asyncio.timeout(self.ready_timeout):
+                ready = await _wait_ready(ws, self.record)
         except TimeoutError:
-            raise TimeoutError(f"The server sent no 'ready' within {ready_timeout} s") from None
-        if ready is None:  # closed before ready (bad token, at capacity, ...)
-            result.close_code, result.close_reason = ws.close_code, ws.close_reason or ""
-            return result
-        result.session = ready.get("session")
-        frames = list(iter_chunks(audio, fmt, duration, chunk_ms))
+            raise TimeoutError(f"The server sent no 'ready' within {self.ready_timeout} s") from None
+        if ready is None:  # closed before ready (bad token, at capacity, not your session, ...)
+            return
+        conn.ready = ready
+        conn.offset = self._take_ready(ready)
+        frames = await self.source.frames_from(conn.offset)
         max_frame = (ready.get("limits") or {}).get("max_frame_bytes")
         if isinstance(max_frame, int) and max_frame > 0 and any(len(f) > max_frame for f in frames):
-            raise ValueError(f"--chunk-ms {chunk_ms} makes frames larger than the server's {max_frame} bytes")
+            raise ValueError(
+                f"--chunk-ms {self.chunk_ms} makes frames larger than the server's {max_frame} bytes"
+            )
 
-        sender = asyncio.create_task(
-            _send_audio(ws, frames, chunk_ms / 1000 / speed if speed else 0.0, clock, result)
-        )
-        reader = asyncio.create_task(_read_events(ws, record))
+        lead = conn.offset / self.speed if self.speed else 0.0
+        sender = asyncio.create_task(_send_audio(ws, frames, self.interval, self.clock, self.result, lead))
+        reader = asyncio.create_task(_read_events(ws, self.record))
         try:
             done, _ = await asyncio.wait({sender, reader}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
-                # The server ended the session early; stop pacing audio into a closing socket.
+                # The server ended the session early, or the connection dropped; stop pacing audio
+                # into a closing socket.
                 sender.cancel()
             else:
                 sender.result()  # re-raise anything but a closed socket
                 try:
-                    await asyncio.wait_for(asyncio.shield(reader), stop_timeout)
+                    await asyncio.wait_for(asyncio.shield(reader), self.stop_timeout)
                 except TimeoutError:
-                    logger.warning("No 'closed' %s s after 'stop'; giving up", stop_timeout)
-                    result.timed_out = True
+                    logger.warning("No 'closed' %s s after 'stop'; giving up", self.stop_timeout)
+                    self.result.timed_out = True
         finally:
             for task in (sender, reader):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await task
-        # Leaving the context closes with 1000 if the server has not; the codes below are the server's
-        # when it closed first, which is what the caller needs to tell success from a rejected session.
-    result.elapsed = clock.since_start() or 0.0
-    if not result.timed_out:
-        result.close_code, result.close_reason = ws.close_code, ws.close_reason or ""
-    return result
+
+    def _take_ready(self, ready: dict[str, Any]) -> float:
+        """Note the session, record the stored finals not seen yet, and return the offset to send from."""
+        if self.result.session is None:
+            self.result.session = ready.get("session")
+        stored = [
+            f for f in ready.get("finals") or [] if isinstance(f, dict) and isinstance(f.get("seq"), int)
+        ]
+        for final in sorted(stored, key=lambda f: int(f["seq"])):
+            if final["seq"] not in self.seen:
+                # Stored while we were away (the server transcribed what it had, or crashed between
+                # storing and sending): never sent to us, so record it now, in order.
+                self.record({**final, "type": "final", "recovered": True})
+        offset = ready.get("offset")
+        if not isinstance(offset, int | float) or offset <= 0:
+            return 0.0
+        return min(float(offset), self.source.duration)
 
 
 async def _wait_ready(
@@ -367,15 +654,26 @@ async def _wait_ready(
 
 
 async def _send_audio(
-    ws: ClientConnection, frames: list[bytes], interval: float, clock: _Clock, result: StreamResult
+    ws: ClientConnection,
+    frames: list[bytes],
+    interval: float,
+    clock: _Clock,
+    result: StreamResult,
+    lead: float = 0.0,
 ) -> None:
+    """Send ``frames`` paced at ``interval``, then ``stop``.
+
+    Frame ``i`` is due ``lead + i * interval`` seconds after the session's first frame. On a resumed
+    connection ``lead`` is the resume offset in wall seconds, so audio a live source would already have
+    captured goes out at once, and the rest at its original time.
+    """
     try:
-        t0 = clock.start()
+        t0 = clock.t0 if clock.t0 is not None else clock.start()
         for i, frame in enumerate(frames):
             if interval:
                 # Pace against the clock, not with cumulative sleeps, so sleep overshoot and send time
                 # never add up into drift over a long stream.
-                delay = t0 + i * interval - time.monotonic()
+                delay = t0 + lead + i * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             await ws.send(frame)
@@ -413,6 +711,10 @@ async def stream_file(
     on_event: EventCallback | None = None,
     ready_timeout: float = 30.0,
     stop_timeout: float | None = None,
+    retries: int = 5,
+    backoff: float = 0.5,
+    max_backoff: float = 8.0,
+    on_reconnect: ReconnectCallback | None = None,
 ) -> StreamResult:
     """Encode ``path`` in ``fmt`` and stream it through one session; see ``stream_audio``.
 
@@ -433,6 +735,10 @@ async def stream_file(
         on_event=on_event,
         ready_timeout=ready_timeout,
         stop_timeout=stop_timeout,
+        retries=retries,
+        backoff=backoff,
+        max_backoff=max_backoff,
+        on_reconnect=on_reconnect,
     )
 
 
@@ -455,6 +761,8 @@ def _summary(result: StreamResult) -> str:
             f"latency:  final p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
             " (after the final's last audio was sent)"
         )
+    if result.reconnects:
+        lines.append(f"resumed:  {result.resumes} time(s), {result.reconnects} attempt(s) to reconnect")
     if result.errors:
         lines.append("errors:   " + ", ".join(str(e.get("code")) for e in result.errors))
     lines.append(f"text:     {result.text}")
@@ -465,6 +773,20 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise argparse.ArgumentTypeError("must be a positive integer")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
     return number
 
 
@@ -495,8 +817,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--title", help="session title (default: the file name)")
     parser.add_argument("--stop-timeout", type=float, help="seconds to wait for 'closed' after 'stop'")
-    parser.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    parser.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=5,
+        help="attempts in a row to resume the session after the connection drops (default 5; 0: never)",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=_seconds,
+        default=0.5,
+        help="seconds before the first attempt to resume, doubled for each next one (default 0.5)",
+    )
+    parser.add_argument(
+        "--max-backoff", type=_seconds, default=8.0, help="longest wait between attempts (default 8)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no summary or progress on stderr")
     return parser
+
+
+def _print_reconnect(attempt: ReconnectAttempt) -> None:
+    print(
+        f"{attempt.reason}; resuming session {attempt.session} in {attempt.delay:.1f} s"
+        f" (attempt {attempt.attempt} of {attempt.retries})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _print_event_and_resume(event: dict[str, Any]) -> None:
+    _print_event(event)
+    if event.get("type") == "ready" and event.get("resumed"):
+        print(
+            f"resumed session {event.get('session')} at {event.get('offset')} s of audio"
+            f" ({len(event.get('finals') or [])} finals stored)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,8 +873,12 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_ms=args.chunk_ms,
                 language=None if args.language in ("", "auto") else args.language,
                 title=args.title,
-                on_event=_print_event,
+                on_event=_print_event if args.quiet else _print_event_and_resume,
                 stop_timeout=args.stop_timeout,
+                retries=args.retries,
+                backoff=args.backoff,
+                max_backoff=args.max_backoff,
+                on_reconnect=None if args.quiet else _print_reconnect,
             )
         )
     except (FileNotFoundError, DecodeError) as exc:
@@ -538,6 +899,11 @@ def main(argv: list[str] | None = None) -> int:
         status = 2
     elif result.close_code not in (None, 1000):
         _print_event({"type": "disconnected", "code": result.close_code, "reason": result.close_reason})
+        if result.reconnects and is_retryable(result.close_code):
+            print(
+                f"error: could not resume session {result.session} after {result.reconnects} attempt(s)",
+                file=sys.stderr,
+            )
         status = 2
     if not args.quiet:
         print(_summary(result), file=sys.stderr)

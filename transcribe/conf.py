@@ -64,9 +64,13 @@ DEFAULTS: dict[str, Any] = {
     "STORE_RETRY_SECONDS": 30.0,
     # Seconds without any message before the socket closes with 4408.
     "IDLE_TIMEOUT": 60,
-    # "local": the in-process executor. ("channels", remote runworker processes, is planned; the
-    # system check rejects it until then.)
+    # "local": the in-process executor. "channels": jobs go over the channel layer (Redis) to
+    # `manage.py runworker transcribe-inference` processes, which may run on GPU machines.
     "INFERENCE": "local",
+    # Remote inference: seconds to wait for a worker's answer before sending the job again (a worker
+    # may have died), and how many times to send it again before the utterance is given up.
+    "INFERENCE_TIMEOUT": 20.0,
+    "INFERENCE_RETRIES": 2,
     # Where the recording page connects: the path of the app's websocket route in your asgi.py.
     "WEBSOCKET_URL": "/ws/transcribe/",
     # Keep each session's audio (Ogg/Opus, about 11 MB per hour) so reviewers can listen. Off by

@@ -40,7 +40,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     draining: ClassVar[set[asyncio.Task[None]]] = set()
     draining_sessions: ClassVar[dict[uuid.UUID, asyncio.Task[None]]] = {}
     # Sessions with a connected client in this process (a dropped one is not aborted while here).
-    live_sessions: ClassVar[set[uuid.UUID]] = set()
+    live_sessions: ClassVar[dict[uuid.UUID, TranscribeConsumer]] = {}
     # Dropped sessions waiting IDLE_TIMEOUT for their client to resume before they count as aborted.
     expiring: ClassVar[dict[uuid.UUID, asyncio.Task[None]]] = {}
 
@@ -51,6 +51,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         self.user_id: Any = None
         self.audio_budget: TokenBucket | None = None
         self.storage_failed = False
+        self.handed_over = False
         self.finished = False
         self.connected = False
         self.last_activity = time.monotonic()
@@ -80,25 +81,49 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         self.connected = False
         self.active.discard(self)
-        if self.session is not None:
-            self.live_sessions.discard(self.session.pk)
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.watchdog
-        if self.storage_failed:
+        if self.session is not None and self.live_sessions.get(self.session.pk) is self:
+            del self.live_sessions[self.session.pk]
+        await self._stop_watchdog()
+        if self.handed_over:
+            pass  # another connection resumed the session; this one's drain is already running
+        elif self.storage_failed:
             # The database refused a final: store nothing more, so that the session's offset stays
             # at its last stored final and a resuming client re-sends everything after it.
             await self._abandon()
         elif self.stt is not None and not self.finished:
             # The client dropped mid-utterance: still decode and store what it said. This runs
             # detached, since the server cancels a consumer that takes long to disconnect.
-            task = asyncio.create_task(self._finish_dropped_session())
-            self.draining.add(task)
-            self.draining_sessions[self.session.pk] = task
-            task.add_done_callback(self._forget_drain)
+            self._drain()
         elif self.stt is not None:
             await self.stt.close()
+
+    async def _stop_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watchdog
+            self.watchdog = None
+
+    def _drain(self) -> None:
+        """Finish transcribing and storing what this connection received, detached from it."""
+        task = asyncio.create_task(self._finish_dropped_session())
+        self.draining.add(task)
+        self.draining_sessions[self.session.pk] = task
+        task.add_done_callback(self._forget_drain)
+
+    async def hand_over(self) -> None:
+        """The session was resumed on another connection while this one was still open (a client
+        that lost its network without the server noticing): close this one and drain it, so its
+        audio is stored before the new connection goes on, and nothing it does later can touch the
+        session."""
+        logger.info("Session %s resumed on another connection: closing the old one", self.session_id)
+        self.handed_over = True
+        if self.live_sessions.get(self.session.pk) is self:
+            del self.live_sessions[self.session.pk]
+        await self._stop_watchdog()
+        await self.close(code=CloseCode.TAKEN_OVER, reason="resumed on another connection")
+        if self.stt is not None and not self.finished:
+            self._drain()
 
     def _forget_drain(self, task: asyncio.Task[None]) -> None:
         self.draining.discard(task)
@@ -227,11 +252,10 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self, start: StartMessage) -> None:
-        from .engines import get_engine
         from .streaming import OptimizedRealtimeSTT
 
         try:
-            engine = await asyncio.to_thread(get_engine)  # loads weights once per process
+            engine, scheduler = await self._inference()
         except EngineError as exc:
             logger.error("Engine unavailable: %s", exc)
             await self.send_event("error", code=ErrorCode.ENGINE_ERROR, message=str(exc))
@@ -243,6 +267,15 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         if start.session is None:
             self.session = await self._create_session(start, engine, language)
         else:
+            if not await self._owns(start.session):
+                await self.send_event(
+                    "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
+                )
+                await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+                return
+            stale = self.live_sessions.get(start.session)
+            if stale is not None and stale is not self:
+                await stale.hand_over()
             # A dropped connection's audio may still be being transcribed here: let it finish, so
             # its finals are stored (and counted in the offset) before this connection adds more.
             drain = self.draining_sessions.get(start.session)
@@ -257,7 +290,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 return
             self.session, finals, offset = resumed
             language = self.session.language or language
-        self.live_sessions.add(self.session.pk)
+        self.live_sessions[self.session.pk] = self
         self._cancel_expiry(self.session.pk)
         per_second = BYTES_PER_SECOND[start.format]
         self.audio_budget = TokenBucket(
@@ -274,6 +307,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             seq_start=max((f["seq"] for f in finals), default=0),
             prompt=" ".join(f["text"] for f in finals)[-1000:],
             on_audio=self.recorder.write if self.recorder is not None else None,
+            scheduler=scheduler,
         )
         logger.info(
             "Session %s %s (%s, %s)",
@@ -298,6 +332,29 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 "max_audio_burst": transcribe_settings.MAX_AUDIO_BURST,
                 "sample_rate": 16000,
             },
+        )
+
+    async def _inference(self) -> tuple[Any, Any]:
+        """The engine and the scheduler of this session: in this process, or on remote workers."""
+        if transcribe_settings.INFERENCE == "channels":
+            from .streaming.remote import RemoteEngineInfo, RemoteInferenceScheduler
+
+            if self.channel_layer is None:
+                raise EngineError("INFERENCE='channels' needs CHANNEL_LAYERS")
+            return RemoteEngineInfo(), RemoteInferenceScheduler(
+                self.channel_layer, on_retry=self._inference_retry
+            )
+        from .engines import get_engine
+        from .streaming import InferenceScheduler
+
+        return await asyncio.to_thread(get_engine), InferenceScheduler()  # weights load once per process
+
+    async def _inference_retry(self, attempt: int, why: str) -> None:
+        await self.send_event(
+            "status",
+            lag_ms=round(self.stt.lag * 1000) if self.stt is not None else 0,
+            buffered_s=round(len(self.stt.buffer) / 16000, 2) if self.stt is not None else 0.0,
+            inference=f"retrying ({why})",
         )
 
     async def stop(self) -> None:
@@ -404,6 +461,12 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             audio_format=start.format,
             client_info=headers.get(b"user-agent", b"").decode("latin-1")[:300],
         )
+
+    @database_sync_to_async
+    def _owns(self, session_id: uuid.UUID) -> bool:
+        from .models import TranscriptSession
+
+        return TranscriptSession.objects.filter(pk=session_id, owner=self.scope["user"]).exists()
 
     @database_sync_to_async
     def _resume_session(self, session_id: uuid.UUID) -> tuple[Any, list[dict[str, Any]], float] | None:

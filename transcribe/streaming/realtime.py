@@ -195,6 +195,7 @@ class OptimizedRealtimeSTT:
             self._job.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._job
+        await self.scheduler.close()
 
     @property
     def duration(self) -> float:
@@ -346,7 +347,7 @@ class OptimizedRealtimeSTT:
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
             encoder_seconds=self.cfg.partial_encoder_seconds if partial else None,
         )
-        result = await self.scheduler.run(self.engine.transcribe_numpy, audio, self.language, options)
+        result = await self.scheduler.transcribe(self.engine, audio, self.language, options)
         return [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
 
     def _is_voiced(self, word: Word) -> bool:

@@ -11,9 +11,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .executor import get_executor
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..engines.base import DecodeOptions, Transcription
 
 T = TypeVar("T")
 
@@ -24,7 +29,7 @@ class SchedulerBusyError(RuntimeError):
 
 class InferenceScheduler:
     def __init__(self, executor: Executor | None = None) -> None:
-        self.executor = executor or get_executor()
+        self._executor = executor
         self.busy = False
         self.jobs = 0
         self.busy_seconds = 0.0  # wall time spent in jobs, queueing included
@@ -40,3 +45,16 @@ class InferenceScheduler:
             self.busy = False
             self.jobs += 1
             self.busy_seconds += time.perf_counter() - started
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor or get_executor()
+
+    async def transcribe(
+        self, engine: Any, audio: np.ndarray, language: str | None, options: DecodeOptions
+    ) -> Transcription:
+        """One engine call for the session (``RemoteInferenceScheduler`` sends it to a worker instead)."""
+        return await self.run(engine.transcribe_numpy, audio, language, options)
+
+    async def close(self) -> None:
+        """Release what the scheduler holds (a remote one stops reading its answers)."""
