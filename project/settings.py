@@ -83,7 +83,15 @@ CHANNEL_LAYERS = {
         {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # Inference jobs are one per session in flight: the queue holds what the sessions hold.
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 200, "expiry": 60},
+            "CONFIG": {
+                # redis-py 8 times out socket reads after 5 s by default, which breaks the layer's
+                # blocking receive (django/channels_redis#422): allow longer than its 5 s BZPOPMIN.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "capacity": 200,
+                "expiry": 60,
+                # Keys start with this: several sites (or test runs) can share one Redis.
+                "prefix": os.environ.get("REDIS_PREFIX", "asgi"),
+            },
         }
         if REDIS_URL
         else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
@@ -118,6 +126,7 @@ TRANSCRIBE = {
     "STORE_AUDIO": os.environ.get("TRANSCRIBE_STORE_AUDIO", "1") == "1",
     # "local", or "channels": inference on `manage.py runworker transcribe-inference` processes.
     "INFERENCE": os.environ.get("TRANSCRIBE_INFERENCE", "local"),
+    "INFERENCE_TIMEOUT": float(os.environ.get("TRANSCRIBE_INFERENCE_TIMEOUT", "20")),
 }
 
 LOGGING = {

@@ -3,11 +3,14 @@ started and killed by tests: the browser tests, the fault tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,33 @@ class LiveServer:
     def restart(self) -> None:
         self.stop(hard=True)
         self.start()
+
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new database on the machine's PostgreSQL (skips when there is none), dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg", reason='psycopg is missing: pip install -e ".[dev]"')
+    name = f"transcribe_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def pg_url(database: str) -> str:
+    return f"postgres://postgres@127.0.0.1:5432/{database}"
+
+
+def redis_available() -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", 6379)) == 0

@@ -78,8 +78,16 @@ async def test_audio_within_the_speed_limit_is_accepted(alice: Any) -> None:
     await comm.disconnect()
 
 
+def counted(metric: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
 @override_settings(TRANSCRIBE={"MAX_FRAMES_PER_SECOND": 10})
 async def test_a_flood_of_small_frames_is_refused(alice: Any) -> None:
+    closes = counted("transcribe_closes_total", code="4429")
+    errors = counted("transcribe_errors_total", code="rate_limited")
     comm = communicator(alice)
     await start(comm)
     for _ in range(40):
@@ -88,3 +96,6 @@ async def test_a_flood_of_small_frames_is_refused(alice: Any) -> None:
     assert error["type"] == "error" and error["code"] == "rate_limited"
     closed = await comm.receive_output(timeout=5)
     assert closed["type"] == "websocket.close" and closed["code"] == CloseCode.AT_CAPACITY
+    # Operators see it: the rejection is counted by close code and by error code.
+    assert counted("transcribe_closes_total", code="4429") == closes + 1
+    assert counted("transcribe_errors_total", code="rate_limited") == errors + 1

@@ -107,6 +107,10 @@ DEFAULTS: dict[str, Any] = {
     "USE_PROMPT": True,
     # Seconds between ``status`` events.
     "STATUS_INTERVAL": 1.0,
+    # Prometheus metrics at the app's ``metrics`` URL. Public: anyone may scrape it. Otherwise
+    # only staff users, and scrapers sending ``Authorization: Bearer <METRICS_TOKEN>`` (when set).
+    "METRICS_PUBLIC": False,
+    "METRICS_TOKEN": None,
 }
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from channels.db import database_sync_to_async
@@ -22,6 +23,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from . import metrics
 from .audio.recorder import AudioRecorder
 from .conf import transcribe_settings
 from .exceptions import EngineError
@@ -31,6 +33,12 @@ from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessag
 from .recordings import new_recorder, save_recording
 
 logger = logging.getLogger(__name__)
+
+# A dropped connection's drain holds the session this long at most (a crashed server's lease runs
+# out); a resume on another server waits that long at most for it.
+DRAIN_LEASE_SECONDS = 90.0
+# How long a resume waits for a lingering connection on another server to answer.
+TAKEOVER_ANSWER_SECONDS = 1.0
 
 
 class TranscribeConsumer(AsyncWebsocketConsumer):
@@ -79,11 +87,14 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         self.watchdog = asyncio.create_task(self._watch_idle())
 
     async def disconnect(self, code: int) -> None:
+        if self.connected:  # the client closed first (a server close already counted itself)
+            metrics.closed(code)
         self.connected = False
         self.active.discard(self)
         if self.session is not None and self.live_sessions.get(self.session.pk) is self:
             del self.live_sessions[self.session.pk]
         await self._stop_watchdog()
+        await self._leave_group()
         if self.handed_over:
             pass  # another connection resumed the session; this one's drain is already running
         elif self.storage_failed:
@@ -121,9 +132,69 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         if self.live_sessions.get(self.session.pk) is self:
             del self.live_sessions[self.session.pk]
         await self._stop_watchdog()
+        await self._leave_group()
         await self.close(code=CloseCode.TAKEN_OVER, reason="resumed on another connection")
         if self.stt is not None and not self.finished:
             self._drain()
+
+    # -- one session, several servers -------------------------------------------------------------
+
+    @staticmethod
+    def _group(session_id: uuid.UUID) -> str:
+        return f"transcribe-session-{session_id.hex}"
+
+    async def _leave_group(self) -> None:
+        if self.channel_layer is not None and self.session is not None:
+            await self.channel_layer.group_discard(self._group(self.session.pk), self.channel_name)
+
+    def _layer_is_shared(self) -> bool:
+        from channels.layers import InMemoryChannelLayer
+
+        return self.channel_layer is not None and not isinstance(self.channel_layer, InMemoryChannelLayer)
+
+    async def _take_over_elsewhere(self, session_id: uuid.UUID) -> None:
+        """Ask a connection to this session on another server (one whose client vanished without
+        its server noticing) to let go; it leases the session for its drain before answering."""
+        reply = await self.channel_layer.new_channel()
+        await self.channel_layer.group_send(
+            self._group(session_id),
+            {"type": "session.take_over", "reply": reply, "origin": self.channel_name},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.channel_layer.receive(reply), TAKEOVER_ANSWER_SECONDS)
+
+    async def session_take_over(self, message: dict[str, Any]) -> None:
+        """Another server resumes this session (channel layer group message)."""
+        if message.get("origin") == self.channel_name:
+            return
+        taking = not self.handed_over and self.stt is not None and not self.finished
+        if taking:
+            await self._lease_drain()
+        await self.channel_layer.send(message["reply"], {"type": "session.released"})
+        if taking:
+            await self.hand_over()
+
+    async def _wait_for_drains(self, session_id: uuid.UUID) -> None:
+        from .models import TranscriptSession
+
+        deadline = time.monotonic() + DRAIN_LEASE_SECONDS
+        while time.monotonic() < deadline:
+            lease = (
+                await TranscriptSession.objects.filter(pk=session_id)
+                .values_list("draining_until", flat=True)
+                .afirst()
+            )
+            if lease is None or lease <= timezone.now():
+                return
+            await asyncio.sleep(0.2)
+
+    @database_sync_to_async
+    def _lease_drain(self) -> None:
+        from .models import TranscriptSession
+
+        TranscriptSession.objects.filter(pk=self.session.pk).update(
+            draining_until=timezone.now() + timedelta(seconds=DRAIN_LEASE_SECONDS)
+        )
 
     def _forget_drain(self, task: asyncio.Task[None]) -> None:
         self.draining.discard(task)
@@ -132,6 +203,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
 
     async def _finish_dropped_session(self) -> None:
         self.finished = True
+        await self._lease_drain()
         try:
             await asyncio.wait_for(self.stt.flush(), timeout=60)
         except Exception:
@@ -169,6 +241,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         # The session stops counting against MAX_SESSIONS as soon as we close, not when the client
         # acknowledges it.
         self.active.discard(self)
+        if self.connected or code in (CloseCode.NOT_AUTHENTICATED, CloseCode.AT_CAPACITY):
+            metrics.closed(1000 if code is None or isinstance(code, bool) else int(code))
         self.connected = False
         # Autobahn (daphne) accepts only a plain int, not an IntEnum member.
         await super().close(
@@ -267,7 +341,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         if start.session is None:
             self.session = await self._create_session(start, engine, language)
         else:
-            if not await self._owns(start.session):
+            state = await self._session_state(start.session)
+            if state is None:
                 await self.send_event(
                     "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
                 )
@@ -276,11 +351,15 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             stale = self.live_sessions.get(start.session)
             if stale is not None and stale is not self:
                 await stale.hand_over()
-            # A dropped connection's audio may still be being transcribed here: let it finish, so
-            # its finals are stored (and counted in the offset) before this connection adds more.
+            elif state == TranscriptSessionStatus.ACTIVE and self._layer_is_shared():
+                await self._take_over_elsewhere(start.session)
+            # A dropped connection's audio may still be being transcribed (here or on another
+            # server): let it finish, so its finals are stored and counted in the offset before
+            # this connection adds more.
             drain = self.draining_sessions.get(start.session)
             if drain is not None:
-                await asyncio.wait({drain}, timeout=60)
+                await asyncio.wait({drain}, timeout=90)
+            await self._wait_for_drains(start.session)
             resumed = await self._resume_session(start.session)
             if resumed is None:
                 await self.send_event(
@@ -291,6 +370,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             self.session, finals, offset = resumed
             language = self.session.language or language
         self.live_sessions[self.session.pk] = self
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(self._group(self.session.pk), self.channel_name)
         self._cancel_expiry(self.session.pk)
         per_second = BYTES_PER_SECOND[start.format]
         self.audio_budget = TokenBucket(
@@ -316,6 +397,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             start.format,
             language,
         )
+        metrics.session_started()
         await self.send_event(
             "ready",
             session=self.session_id,
@@ -394,11 +476,18 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             except DatabaseError as exc:
                 await self._storage_failed(exc)
                 return
+            metrics.final_stored()
             event = {"type": "final", "id": segment_id, **{k: v for k, v in event.items() if k != "type"}}
+        elif event["type"] == "status":
+            metrics.observe_lag(event["lag_ms"] / 1000)
+        elif event["type"] == "error":
+            metrics.error_sent(event["code"])
         if self.connected:
             await self.send(text_data=json.dumps(event))
 
     async def send_event(self, kind: str, **fields: Any) -> None:
+        if kind == "error":
+            metrics.error_sent(fields["code"])
         if self.connected:
             await self.send(text_data=json.dumps({"type": kind, **fields}))
 
@@ -463,10 +552,15 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         )
 
     @database_sync_to_async
-    def _owns(self, session_id: uuid.UUID) -> bool:
+    def _session_state(self, session_id: uuid.UUID) -> str | None:
+        """The status of the user's own session of that id; None when there is none."""
         from .models import TranscriptSession
 
-        return TranscriptSession.objects.filter(pk=session_id, owner=self.scope["user"]).exists()
+        return (
+            TranscriptSession.objects.filter(pk=session_id, owner=self.scope["user"])
+            .values_list("status", flat=True)
+            .first()
+        )
 
     @database_sync_to_async
     def _resume_session(self, session_id: uuid.UUID) -> tuple[Any, list[dict[str, Any]], float] | None:
@@ -517,5 +611,6 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         session.status = status
         session.ended_at = None if status == TranscriptSessionStatus.ACTIVE else timezone.now()
         session.duration = self.stt.time_offset + self.stt.duration
-        session.save(update_fields=["status", "ended_at", "duration"])
+        session.draining_until = None
+        session.save(update_fields=["status", "ended_at", "duration", "draining_until"])
         return session.text, session.duration

@@ -51,6 +51,9 @@ class TranscriptSession(models.Model):
     audio = models.FileField(
         _("audio"), upload_to=audio_upload_to, storage=audio_storage, blank=True, max_length=300
     )
+    # Set while a server transcribes and stores the audio of a dropped connection (a lease: a crashed
+    # server's lease runs out). A resume on any server waits for it, so finals never collide.
+    draining_until = models.DateTimeField(null=True, blank=True, editable=False)
     reviewed_at = models.DateTimeField(_("reviewed"), null=True, blank=True)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

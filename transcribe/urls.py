@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import health, views
 
 app_name = "transcribe"
 
@@ -16,4 +16,6 @@ urlpatterns = [
     path("sessions/<uuid:pk>/rename/", views.SessionRenameView.as_view(), name="session-rename"),
     path("sessions/<uuid:pk>/delete/", views.SessionDeleteView.as_view(), name="session-delete"),
     path("sessions/<uuid:pk>/audio.ogg", views.SessionAudioView.as_view(), name="session-audio"),
+    path("metrics", health.metrics, name="metrics"),
+    path("healthz", health.healthz, name="healthz"),
 ]

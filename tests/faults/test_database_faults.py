@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,28 +18,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import wer
-from tests.live import ROOT, LiveServer
+from tests.live import PG_ADMIN_URL, ROOT, LiveServer, fresh_pg_database, pg_url
 
 psycopg = pytest.importorskip("psycopg", reason='psycopg is missing: pip install -e ".[dev]"')
 pytestmark = pytest.mark.slow
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN_URL = PG_ADMIN_URL
 
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    name = f"transcribe_faults_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({exc}); .ci/run starts it")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield name
-        finally:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_pg_database() as name:
+        yield name
 
 
 class Saboteur(threading.Thread):
@@ -81,7 +69,7 @@ def stored(database: str, session: str) -> list[tuple[int, str]]:
 def test_finals_survive_a_database_that_drops_and_restarts(
     pg_database: str, tmp_path: Path, audio_dir: Path, refs: dict[str, str]
 ) -> None:
-    server = LiveServer(tmp_path, database_url=f"postgres://postgres@127.0.0.1:5432/{pg_database}")
+    server = LiveServer(tmp_path, database_url=pg_url(pg_database))
     server.manage("migrate", "--noinput")
     token = server.manage("transcribe_token", "faulty", "--create-user").strip()
     server.start()

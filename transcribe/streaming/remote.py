@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics
 from ..conf import transcribe_settings
 from ..engines.base import DecodeOptions, Segment, Transcription, Word
 from ..exceptions import EngineError
@@ -158,7 +159,9 @@ class RemoteInferenceScheduler(InferenceScheduler):
         self.busy = True
         started = time.perf_counter()
         try:
-            return await self._run_remote(audio, language, options)
+            result = await self._run_remote(audio, language, options)
+            metrics.observe_inference(time.perf_counter() - started, len(audio) / 16_000)
+            return result
         finally:
             self.busy = False
             self.jobs += 1
@@ -168,7 +171,10 @@ class RemoteInferenceScheduler(InferenceScheduler):
         self, audio: np.ndarray, language: str | None, options: DecodeOptions
     ) -> Transcription:
         if self._reader is None:
-            self.reply_channel = await self.layer.new_channel("transcribe-session.")
+            # channels-redis reads all of a process's own channels through one key per prefix, and
+            # only one reader at a time: a prefix other than the default would starve behind the
+            # consumers' own channel reads. Keep the default.
+            self.reply_channel = await self.layer.new_channel()
             self._reader = asyncio.create_task(self._read_answers(self.reply_channel))
         assert self.reply_channel is not None
         for attempt in range(self.retries + 1):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import metrics
 from .executor import get_executor
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ class InferenceScheduler:
         self, engine: Any, audio: np.ndarray, language: str | None, options: DecodeOptions
     ) -> Transcription:
         """One engine call for the session (``RemoteInferenceScheduler`` sends it to a worker instead)."""
-        return await self.run(engine.transcribe_numpy, audio, language, options)
+        started = time.perf_counter()
+        result = await self.run(engine.transcribe_numpy, audio, language, options)
+        metrics.observe_inference(time.perf_counter() - started, len(audio) / 16_000)
+        return result
 
     async def close(self) -> None:
         """Release what the scheduler holds (a remote one stops reading its answers)."""
