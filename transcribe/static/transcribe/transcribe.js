@@ -28,6 +28,7 @@ const FATAL_CLOSES = {
   4401: "You are not logged in any more. Log in and try again.",
   4403: "This session belongs to another user.",
   4408: "The connection was idle for too long.",
+  4409: "This session was resumed in another window or tab.",
   4413: "An audio frame was too large for the server.",
   4429: "The server is at capacity. Try again in a minute.",
   4500: "The server could not transcribe (engine unavailable).",
