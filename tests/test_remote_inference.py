@@ -89,7 +89,7 @@ async def test_a_session_transcribes_on_a_remote_worker(
     ]
 
 
-@override_settings(TRANSCRIBE={**REMOTE, "INFERENCE_TIMEOUT": 8.0})
+@override_settings(TRANSCRIBE={**REMOTE, "INFERENCE_TIMEOUT": 12.0})
 async def test_a_worker_that_dies_mid_job_does_not_stall_the_session(
     user: Any, audio_dir: Path, refs: dict[str, str]
 ) -> None:

@@ -280,6 +280,12 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
                 await self.receive_control(parse_message(text_data or ""))
         except ProtocolError as exc:
             await self.send_event("error", code=exc.code, message=str(exc))
+        except Exception:
+            # A bug must cost this one connection, cleanly: an exception escaping here would end
+            # the consumer without disconnect(), keeping its slot and its ffmpeg.
+            logger.exception("Session %s: unexpected error handling a frame", self.session_id)
+            await self.send_event("error", code=ErrorCode.BAD_MESSAGE, message="Internal error")
+            await self.close(code=CloseCode.INTERNAL_ERROR, reason="internal error")
 
     async def receive_control(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -443,6 +449,9 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         if self.finished:
             return
         self.finished = True
+        # The client waits for its last finals: however long the backlog takes (many sessions on a
+        # busy box), the idle timeout must not cut the flush short.
+        await self._stop_watchdog()
         await self.stt.flush()
         await self._save_recording()
         text, duration = await self._end_session(TranscriptSessionStatus.FINISHED)

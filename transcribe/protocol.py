@@ -59,7 +59,7 @@ class StartMessage:
 def parse_message(text: str) -> dict[str, Any]:
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested beyond Python's stack
         raise ProtocolError("Text frames must be JSON objects") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError('Messages must be JSON objects with a string "type"')
@@ -85,6 +85,8 @@ def parse_start(message: dict[str, Any], default_language: str | None) -> StartM
     title = message.get("title") or ""
     if not isinstance(title, str):
         raise ProtocolError("title must be a string")
+    # JSON may carry what no database stores: lone surrogates ("\ud800") and NUL.
+    title = title.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
     session = message.get("session")
     if session is not None:
         try:

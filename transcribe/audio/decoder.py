@@ -190,9 +190,12 @@ class StreamingDecoder:
     async def _fail(self) -> DecodeError:
         if self._error is None:
             err = b""
-            if self._stderr is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    err = await asyncio.wait_for(asyncio.shield(self._stderr), 1.0)
+            task = self._stderr
+            if task is not None:
+                if not task.done():
+                    await asyncio.wait({task}, timeout=1.0)  # never raises, even if it was cancelled
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    err = task.result()
             message = err.decode(errors="replace").strip().splitlines()
             self._error = DecodeError(
                 f"Could not decode the {self.fmt} stream" + (f": {message[-1]}" if message else "")
@@ -230,8 +233,12 @@ class StreamingDecoder:
             logger.warning("ffmpeg %s did not exit in %.1fs; killing it", proc.pid, timeout)
         finally:
             await self.abort()
-        if proc.returncode not in (0, None) and self.bytes_in and self._error is None:
+        if proc.returncode is not None and proc.returncode > 0 and self.bytes_in and self._error is None:
+            # ffmpeg gave up only at the end of the input (e.g. Ogg announced as WebM): say so, or
+            # the client would just get an empty transcript.
             logger.info("ffmpeg exited with %s at the end of a %s stream", proc.returncode, self.fmt)
+            if self.on_error is not None:
+                await self.on_error(await self._fail())
 
     async def abort(self) -> None:
         """Kill ffmpeg at once and reap it; used on disconnect."""
