@@ -325,5 +325,22 @@ class TranscriptSessionAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("user", "created_at")
+    """Tokens are made here or by ``transcribe_token``; only a digest is kept, so the key is shown
+    once, in the message after adding it. Revoke by deleting."""
+
+    list_display = ("user", "prefix", "created_at")
+    search_fields = ("user__username", "prefix")
     raw_id_fields = ("user",)
+    fields = ("user",)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a token is made or revoked, never edited
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.key:
+            self.message_user(
+                request,
+                f"The key for {obj.user}: {obj.key} — copy it now, it is stored hashed and will not be shown again.",
+                messages.WARNING,
+            )

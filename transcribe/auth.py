@@ -18,10 +18,7 @@ from django.contrib.auth.models import AnonymousUser
 def _user_for_key(key: str) -> Any:
     from .models import ApiToken
 
-    try:
-        return ApiToken.objects.select_related("user").get(key=key).user
-    except ApiToken.DoesNotExist:
-        return None
+    return ApiToken.user_for(key)
 
 
 def token_from_scope(scope: dict[str, Any]) -> str | None:

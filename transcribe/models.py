@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import binascii
+import hashlib
 import os
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import Storage, storages
@@ -117,10 +119,20 @@ def generate_key() -> str:
     return binascii.hexlify(os.urandom(20)).decode()
 
 
-class ApiToken(models.Model):
-    """A per-user key for non-browser clients (``Authorization: Token <key>`` or ``?token=``)."""
+def digest_of(key: str) -> str:
+    """What is stored of an API key: its SHA-256 (the key is random, so no salt or stretching)."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
-    key = models.CharField(_("key"), max_length=40, primary_key=True, default=generate_key)
+
+class ApiToken(models.Model):
+    """A per-user key for non-browser clients (``Authorization: Token <key>`` or ``?token=``).
+
+    Only a digest is stored: the key is shown once, when it is made (``key`` on a new instance),
+    and a lost key is replaced, not recovered (``transcribe_token USER --rotate``).
+    """
+
+    digest = models.CharField(_("digest"), max_length=64, primary_key=True, editable=False)
+    prefix = models.CharField(_("key starts with"), max_length=8, editable=False)
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="transcribe_token"
     )
@@ -129,5 +141,21 @@ class ApiToken(models.Model):
     class Meta:
         verbose_name = _("API token")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key = ""  # the plain key: only on the instance that made it
+
     def __str__(self) -> str:
-        return f"Token for {self.user}"
+        return f"Token {self.prefix}… for {self.user}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.digest:
+            self.key = generate_key()
+            self.digest, self.prefix = digest_of(self.key), self.key[:8]
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def user_for(cls, key: str) -> Any:
+        """The active user this key belongs to, or None."""
+        token = cls.objects.select_related("user").filter(digest=digest_of(key)).first()
+        return token.user if token is not None and token.user.is_active else None

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from transcribe.models import ApiToken
+from transcribe.models import ApiToken, digest_of
 
 pytestmark = pytest.mark.django_db
 
@@ -31,28 +31,37 @@ def test_creates_a_token_and_prints_it(alice):
     key = out.strip()
     assert out == key + "\n" and err == ""
     assert re.fullmatch(r"[0-9a-f]{40}", key)
-    assert ApiToken.objects.get(key=key).user == alice
+    token = ApiToken.objects.get(user=alice)
+    # Only a digest is stored: the database never holds the key itself.
+    assert token.digest == digest_of(key) and token.prefix == key[:8] and key not in token.digest
+    assert ApiToken.user_for(key) == alice
 
 
-def test_prints_the_same_key_twice(alice):
-    first, _ = run("alice")
-    second, _ = run("alice")
-    assert first == second
+def test_an_existing_key_is_never_shown_again(alice):
+    run("alice")
+    with pytest.raises(CommandError, match="cannot be shown again.*--rotate"):
+        run("alice")
     assert ApiToken.objects.filter(user=alice).count() == 1
+
+
+def test_a_deactivated_user_cannot_use_the_key(alice):
+    key = run("alice")[0].strip()
+    alice.is_active = False
+    alice.save()
+    assert ApiToken.user_for(key) is None
 
 
 def test_rotate_replaces_the_key(alice):
     old = run("alice")[0].strip()
     new = run("alice", "--rotate")[0].strip()
     assert new != old and re.fullmatch(r"[0-9a-f]{40}", new)
-    assert not ApiToken.objects.filter(key=old).exists()  # the old key no longer authenticates
-    assert ApiToken.objects.get(user=alice).key == new
-    assert run("alice")[0].strip() == new
+    assert ApiToken.user_for(old) is None  # the old key no longer authenticates
+    assert ApiToken.user_for(new) == alice
 
 
 def test_rotate_without_a_token_creates_one(alice):
     key = run("alice", "--rotate")[0].strip()
-    assert ApiToken.objects.get(user=alice).key == key
+    assert ApiToken.user_for(key) == alice
 
 
 def test_unknown_user_is_an_error():
@@ -65,13 +74,14 @@ def test_unknown_user_is_an_error():
 def test_create_user(capsys):
     out, err = run("bob", "--create-user")
     bob = get_user_model().objects.get(username="bob")
-    assert ApiToken.objects.get(user=bob).key == out.strip()
+    assert ApiToken.user_for(out.strip()) == bob
     assert "Created user 'bob'" in err
     assert not bob.has_usable_password()  # it can only use the token
     # an existing user is not created twice, and keeps its token
-    out2, err2 = run("bob", "--create-user")
-    assert out2 == out and err2 == ""
+    with pytest.raises(CommandError, match="already has a token"):
+        run("bob", "--create-user")
     assert get_user_model().objects.filter(username="bob").count() == 1
+    assert ApiToken.user_for(out.strip()) == bob
 
 
 def test_users_get_different_keys(alice):

@@ -212,7 +212,7 @@ def test_the_admin_sends_users_who_are_not_staff_to_log_in(
                 assert response["Location"].startswith(f"{login}?next="), url
                 assert not leaks(response, secret) and token.key.encode() not in response.content
     secret.refresh_from_db()
-    assert secret.title == SECRET_TITLE and ApiToken.objects.filter(key=token.key).exists()
+    assert secret.title == SECRET_TITLE and ApiToken.user_for(token.key) == alice
 
 
 # CSRF ----------------------------------------------------------------------------------------

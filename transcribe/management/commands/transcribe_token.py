@@ -1,4 +1,7 @@
-"""Create (or show, or rotate) the API token a user's non-browser clients authenticate with."""
+"""Create (or rotate) the API token a user's non-browser clients authenticate with.
+
+Only a digest of the key is stored, so the key is printed once, when it is made.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from transcribe.models import ApiToken
 
 
 class Command(BaseCommand):
-    help = "Print the WebSocket API token of USERNAME, creating it if needed."
+    help = "Create the WebSocket API token of USERNAME and print it (once: only its digest is kept)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
@@ -31,7 +34,11 @@ class Command(BaseCommand):
                 ) from None
             user = User.objects.create_user(username)
             self.stderr.write(f"Created user {username!r} (no password: it can only use the token).")
-        if rotate:
-            ApiToken.objects.filter(user=user).delete()
-        token, _ = ApiToken.objects.get_or_create(user=user)
-        self.stdout.write(token.key)
+        existing = ApiToken.objects.filter(user=user).first()
+        if existing is not None and not rotate:
+            raise CommandError(
+                f"{username!r} already has a token (starting {existing.prefix}…, made {existing.created_at:%Y-%m-%d}). "
+                "Keys are stored hashed and cannot be shown again: pass --rotate to replace it."
+            )
+        ApiToken.objects.filter(user=user).delete()
+        self.stdout.write(ApiToken.objects.create(user=user).key)
