@@ -240,6 +240,12 @@ class ProcessTree:
         return ticks / CLK_TCK
 
 
+def pid_cpu_seconds(pid: int | None) -> float | None:
+    """user+system CPU of one process (not its children), or None when it is not visible here."""
+    fields = _stat(pid) if pid else None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields else None
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all processes of the machine have spent busy (not idle or iowait), from /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
