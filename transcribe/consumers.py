@@ -31,6 +31,7 @@ from .limits import BYTES_PER_SECOND, TokenBucket
 from .models import TranscriptSessionStatus
 from .protocol import PROTOCOL, CloseCode, ErrorCode, ProtocolError, StartMessage, parse_message, parse_start
 from .recordings import new_recorder, save_recording
+from .streaming.remote import LAYER_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,10 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
 
     async def _leave_group(self) -> None:
         if self.channel_layer is not None and self.session is not None:
-            await self.channel_layer.group_discard(self._group(self.session.pk), self.channel_name)
+            try:
+                await self.channel_layer.group_discard(self._group(self.session.pk), self.channel_name)
+            except LAYER_ERRORS as exc:  # Redis away: the membership expires by itself (group_expiry)
+                logger.warning("Session %s: could not leave its group (%s)", self.session_id, exc)
 
     def _layer_is_shared(self) -> bool:
         from channels.layers import InMemoryChannelLayer
@@ -156,12 +160,14 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         """Ask a connection to this session on another server (one whose client vanished without
         its server noticing) to let go; it leases the session for its drain before answering."""
         reply = await self.channel_layer.new_channel()
-        await self.channel_layer.group_send(
-            self._group(session_id),
-            {"type": "session.take_over", "reply": reply, "origin": self.channel_name},
-        )
-        with contextlib.suppress(TimeoutError):
+        try:
+            await self.channel_layer.group_send(
+                self._group(session_id),
+                {"type": "session.take_over", "reply": reply, "origin": self.channel_name},
+            )
             await asyncio.wait_for(self.channel_layer.receive(reply), TAKEOVER_ANSWER_SECONDS)
+        except (TimeoutError, *LAYER_ERRORS) as exc:  # nobody answered, or Redis is away: the lease decides
+            logger.debug("Session %s: no takeover answer (%s)", session_id, exc)
 
     async def session_take_over(self, message: dict[str, Any]) -> None:
         """Another server resumes this session (channel layer group message)."""
@@ -377,7 +383,10 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             language = self.session.language or language
         self.live_sessions[self.session.pk] = self
         if self.channel_layer is not None:
-            await self.channel_layer.group_add(self._group(self.session.pk), self.channel_name)
+            try:
+                await self.channel_layer.group_add(self._group(self.session.pk), self.channel_name)
+            except LAYER_ERRORS as exc:  # only a takeover from another node needs it
+                logger.warning("Session %s: could not join its group (%s)", self.session_id, exc)
         self._cancel_expiry(self.session.pk)
         per_second = BYTES_PER_SECOND[start.format]
         self.audio_budget = TokenBucket(

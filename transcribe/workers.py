@@ -20,7 +20,14 @@ from channels.worker import Worker
 
 from .engines import get_engine
 from .streaming.executor import get_executor
-from .streaming.remote import INFERENCE_CHANNEL, JOB_TYPE, RESULT_TYPE, decode_job, transcription_to_dict
+from .streaming.remote import (
+    INFERENCE_CHANNEL,
+    JOB_TYPE,
+    LAYER_ERRORS,
+    RESULT_TYPE,
+    decode_job,
+    transcription_to_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,10 @@ async def run_job(channel_layer: Any, message: dict[str, Any]) -> None:
         logger.exception("Inference job %s failed", reply["job"])
         reply.update(ok=False, error=str(exc) or type(exc).__name__)
     if isinstance(message.get("reply"), str):
-        await channel_layer.send(message["reply"], reply)
+        try:
+            await channel_layer.send(message["reply"], reply)
+        except LAYER_ERRORS as exc:
+            logger.warning("Could not answer job %s (%s); the session will send it again", reply["job"], exc)
 
 
 class InferenceWorker(AsyncConsumer):
@@ -64,7 +74,12 @@ class InferenceWorkerServer(Worker):
             return
         logger.info("Inference worker ready on %r", channel)
         while True:
-            message = await self.channel_layer.receive(channel)
+            try:
+                message = await self.channel_layer.receive(channel)
+            except LAYER_ERRORS as exc:
+                logger.warning("The channel layer is unreachable (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
             if message.get("type") == JOB_TYPE:
                 await run_job(self.channel_layer, message)
             else:

@@ -44,6 +44,21 @@ RESULT_TYPE = "inference.result"
 RetryCallback = Callable[[int, str], Awaitable[None]]
 
 
+def _layer_errors() -> tuple[type[BaseException], ...]:
+    """What a channel layer raises while its backend is away (Redis restarting)."""
+    errors: list[type[BaseException]] = [OSError, TimeoutError]
+    try:
+        from redis.exceptions import RedisError
+
+        errors.append(RedisError)
+    except ImportError:  # no channels-redis here
+        pass
+    return tuple(errors)
+
+
+LAYER_ERRORS = _layer_errors()
+
+
 # -- the wire format (msgpack-friendly: bytes, str, numbers, lists, dicts) ----------------------
 
 
@@ -207,15 +222,24 @@ class RemoteInferenceScheduler(InferenceScheduler):
                 await self.layer.send(INFERENCE_CHANNEL, message)
                 return
             except ChannelFull:
-                # Every worker is busy and the queue is full: wait, as a local session would.
-                if time.monotonic() + delay > deadline:
-                    raise TimeoutError from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                pass  # every worker is busy and the queue is full: wait, as a local session would
+            except LAYER_ERRORS as exc:  # the layer's Redis restarts
+                logger.warning("Could not queue an inference job (%s); retrying", exc)
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _read_answers(self, channel: str) -> None:
         while True:
-            message = await self.layer.receive(channel)
+            try:
+                message = await self.layer.receive(channel)
+            except LAYER_ERRORS as exc:
+                # Redis went away: answers sent meanwhile are lost, and their jobs time out and
+                # are sent again. Keep listening once it is back.
+                logger.warning("Lost the inference answer channel (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+                continue
             answer = self._pending.get(message.get("job", ""))
             if answer is not None and not answer.done():
                 answer.set_result(message)  # an answer to an abandoned attempt is dropped
