@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,95 +21,34 @@ from typing import Any
 import pytest
 
 from tests.conftest import wer
+from tests.live import ROOT, LiveServer
 from transcribe.client import ReconnectAttempt, StreamResult, stream_file
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LiveSite:
+class LiveSite(LiveServer):
     """A migrated SQLite file, a user with a token and daphne serving project.asgi, as a newcomer would
     run them. The server can be killed and started again on the same port and database."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
+        super().__init__(folder)
         self.db = folder / "db.sqlite3"
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": f"sqlite:///{self.db}",
-            "DJANGO_SETTINGS_MODULE": "project.settings",
-            "DJANGO_DEBUG": "0",
-            "DJANGO_MEDIA_ROOT": str(folder / "media"),  # kept recordings stay out of the checkout
-        }
-        manage = [sys.executable, "manage.py"]
-        subprocess.run(
-            [*manage, "migrate", "--noinput"], cwd=ROOT, env=self.env, check=True, capture_output=True
-        )
-        self.token = subprocess.run(
-            [*manage, "transcribe_token", "newcomer", "--create-user"],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/ws/transcribe/"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.url = self.ws_url
         self.starts = 0
+        self.manage("migrate", "--noinput")
+        self.token = self.manage("transcribe_token", "newcomer", "--create-user").strip()
 
     def start(self) -> None:
-        log = (self.folder / f"daphne-{self.starts}.log").open("wb")  # a pipe nobody reads could fill up
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "project.asgi:application",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        log.close()
+        super().start()
         self.starts += 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.process.kill()
-        pytest.fail(f"daphne did not start:\n{self.log()}")
 
     def crash(self) -> None:
         """SIGKILL: no close frames, no cleanup, whatever was in flight is lost."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
+        self.stop(hard=True)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return "\n".join(
-            p.read_text(errors="replace")[-3000:] for p in sorted(self.folder.glob("daphne-*.log"))
-        )
+    def server_log(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
 
     def segments(self, session: str) -> list[tuple[int, int, str, float, float]]:
         with contextlib.closing(sqlite3.connect(self.db)) as db:
@@ -187,7 +122,7 @@ def test_anonymous_client_is_refused_with_4401(daphne_server: LiveSite, audio_di
 
 def assert_each_final_once(site: LiveSite, result: StreamResult, reference: str) -> None:
     """The client's finals are the stored segments, each once, in order, and they say the right thing."""
-    assert result.ok, (result.close_code, result.events[-3:], site.log())
+    assert result.ok, (result.close_code, result.events[-3:], site.server_log())
     assert result.session is not None
     seqs = [f["seq"] for f in result.finals]
     assert seqs == sorted(set(seqs)), seqs  # strictly increasing: no duplicate, nothing out of order
