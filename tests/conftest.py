@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -84,3 +85,12 @@ def forget_connections() -> Iterator[None]:
     TranscribeConsumer.expiring.clear()
     TranscribeConsumer.active.clear()
     TranscribeConsumer.live_sessions.clear()
+
+
+def children() -> set[int]:
+    """PIDs of this process's live or unreaped children, from every thread's /proc entry."""
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            pids.update(int(p) for p in (task / "children").read_text().split())
+    return pids

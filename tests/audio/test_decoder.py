@@ -8,7 +8,6 @@ process starts must be reaped (no zombie, no child left) and must never open a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import re
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import load_wav
+from tests.conftest import children, load_wav
 from transcribe.audio.decoder import (
     AsyncAudioDecoder,
     PcmDecoder,
@@ -49,15 +48,6 @@ def source(audio_dir: Path) -> np.ndarray:
 def blobs(audio_dir: Path) -> dict[str, bytes]:
     """The clip as WebM/Opus and as Ogg/Opus, encoded once per module."""
     return {fmt: encode(audio_dir / CLIP, fmt) for fmt in ("webm", "ogg")}
-
-
-def children() -> set[int]:
-    """PIDs of this process's live or unreaped children, from every thread's /proc entry."""
-    pids: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            pids.update(int(p) for p in (task / "children").read_text().split())
-    return pids
 
 
 def assert_reaped(pid: int) -> None:

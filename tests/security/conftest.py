@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
+from tests.conftest import children
 from transcribe.consumers import TranscribeConsumer
+
+__all__ = ["children"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,15 +50,6 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TMPDIR", str(folder))
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
-
-
-def children() -> set[int]:
-    """PIDs of this process's live or unreaped children, from every thread's /proc entry."""
-    pids: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            pids.update(int(p) for p in (task / "children").read_text().split())
-    return pids
 
 
 def zombies() -> set[int]:
