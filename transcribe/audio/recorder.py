@@ -34,6 +34,11 @@ def _encode_args(bitrate: int) -> list[str]:
     return ["-c:a", "libopus", "-b:a", str(bitrate), "-application", "voip", "-f", "ogg"]
 
 
+def _ffmpeg_head() -> list[str]:
+    """ffmpeg, quiet but for errors, never reading the terminal, overwriting its output file."""
+    return [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+
+
 def spool_path() -> Path:
     fd, name = tempfile.mkstemp(prefix="transcribe-", suffix=".ogg")
     os.close(fd)
@@ -57,12 +62,7 @@ class AudioRecorder:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            find_ffmpeg(),
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-y",
+            *_ffmpeg_head(),
             "-f",
             "s16le",
             "-ar",
@@ -157,12 +157,7 @@ async def join_recordings(
     fit = f"apad=whole_dur={first_seconds:.3f}" if first is not None else f"atrim=end={first_seconds:.3f}"
     graph = f"[0:a]{norm},{fit}[a];[1:a]{norm}[b];[a][b]concat=n=2:v=0:a=1[out]"
     proc = await asyncio.create_subprocess_exec(
-        find_ffmpeg(),
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-nostdin",
-        "-y",
+        *_ffmpeg_head(),
         *head,
         "-i",
         str(second),
