@@ -25,7 +25,7 @@ from tests.conftest import load_wav
 from transcribe.engines.base import DecodeOptions, Segment, STTEngine, Transcription, Word
 from transcribe.exceptions import EngineError
 from transcribe.streaming import OptimizedRealtimeSTT, RealtimeSTT
-from transcribe.streaming.realtime import PAD
+from transcribe.streaming.realtime import FINAL_ATTEMPTS, PAD
 
 SR = 16_000
 PAD_S = PAD / SR
@@ -44,8 +44,9 @@ class Call:
 class ScriptedEngine:
     """One word per 0.4 s of the window (" w0", " w1", ...), 0.3 s long, times relative to the window.
 
-    ``fail`` lists call numbers (0-based) that raise ``EngineError``; ``fail_finals`` makes the first
-    n final decodes (beam > 1) raise. ``gate`` (a threading.Event) holds every call until it is set.
+    ``fail`` lists call numbers (0-based) that raise ``error`` (``EngineError``); ``fail_finals``
+    makes the first n final decodes (beam > 1) raise it. ``gate`` (a threading.Event) holds every
+    call until it is set.
     """
 
     name = "scripted"
@@ -54,9 +55,14 @@ class ScriptedEngine:
     supports_word_timestamps = True
 
     def __init__(
-        self, fail: set[int] | None = None, fail_finals: int = 0, gate: threading.Event | None = None
+        self,
+        fail: set[int] | None = None,
+        fail_finals: int = 0,
+        gate: threading.Event | None = None,
+        error: type[Exception] = EngineError,
     ):
         self.calls: list[Call] = []
+        self.error = error
         self.fail = fail or set()
         self.fail_finals = fail_finals
         self.gate = gate
@@ -73,10 +79,10 @@ class ScriptedEngine:
         if self.gate is not None:
             self.gate.wait(10)
         if n in self.fail:
-            raise EngineError(f"scripted failure of call {n}")
+            raise self.error(f"scripted failure of call {n}")
         if opts.beam_size > 1 and self.fail_finals > 0:
             self.fail_finals -= 1
-            raise EngineError("scripted failure of a final")
+            raise self.error("scripted failure of a final")
         seconds = len(audio) / SR
         words = []
         k = 0
@@ -233,17 +239,46 @@ async def test_engine_error_in_a_partial_is_reported_and_the_session_goes_on(jfk
     check_protocol([e for e in events if e["type"] != "error"])
 
 
-async def test_engine_error_in_a_final_is_reported_and_the_session_goes_on(jfk):
-    engine = ScriptedEngine(fail_finals=1)
+@pytest.fixture
+def quick_retries(monkeypatch):
+    monkeypatch.setattr("transcribe.streaming.realtime.FINAL_RETRY_DELAY", 0.01)
+
+
+async def test_a_failed_final_is_retried_and_its_text_kept(jfk, quick_retries):
+    failing, plain = ScriptedEngine(fail_finals=FINAL_ATTEMPTS - 1), ScriptedEngine()
     # Without speculative finals, so that the failing beam-5 decode is the final's own.
+    events = await stream(OptimizedRealtimeSTT(engine=failing, speculate_after=0), jfk)
+    expected = await stream(OptimizedRealtimeSTT(engine=plain, speculate_after=0), jfk)
+    assert not of(events, "error")
+    assert of(events, "final") == of(expected, "final")
+    final_calls = [c.seconds for c in failing.calls if c.beam_size > 1]
+    assert final_calls[:FINAL_ATTEMPTS] == [final_calls[0]] * FINAL_ATTEMPTS  # the same window again
+
+
+async def test_a_final_that_keeps_failing_is_reported_and_the_session_goes_on(jfk, quick_retries):
+    engine = ScriptedEngine(fail_finals=FINAL_ATTEMPTS)
     stt = OptimizedRealtimeSTT(engine=engine, speculate_after=0)
     events = await stream(stt, jfk)
     kinds = [e["type"] for e in events]
     i = kinds.index("error")
     assert events[i]["code"] == "engine_error"
+    assert "could not be transcribed" in events[i]["message"]
     assert kinds[i + 1] == "utterance_end"  # the utterance still ends, without a final
     finals = of(events, "final")
     assert finals and finals[0]["seq"] == 1 and finals[0]["start"] >= events[i + 1]["at"]
+    check_protocol([e for e in events if e["type"] != "error"])
+
+
+async def test_an_engine_raising_anything_else_fails_one_decode_not_the_session(jfk, quick_retries):
+    # A plugin engine that breaks the contract (RuntimeError instead of EngineError), in two
+    # partials and in one final: the partials report engine_error, the final is retried.
+    engine = ScriptedEngine(fail={0, 1}, fail_finals=1, error=RuntimeError)
+    events = await stream(OptimizedRealtimeSTT(engine=engine, speculate_after=0), jfk)
+    errors = of(events, "error")
+    assert [e["code"] for e in errors] == ["engine_error", "engine_error"]
+    assert all("RuntimeError: scripted failure of call" in e["message"] for e in errors)
+    finals = of(events, "final")
+    assert [f["seq"] for f in finals] == list(range(1, len(finals) + 1)) and len(finals) >= 3
     check_protocol([e for e in events if e["type"] != "error"])
 
 
@@ -427,12 +462,14 @@ async def test_flush_after_close_returns(jfk):
 # -- compressed input -------------------------------------------------------------------------
 
 
-def encode_webm(wav: Path) -> bytes:
+def encode_webm(wav: Path, seconds: float | None = None) -> bytes:
     import subprocess
 
     from transcribe.audio.ffmpeg import find_ffmpeg
 
     args = [find_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin", "-i", str(wav)]
+    if seconds is not None:
+        args += ["-t", str(seconds)]
     return subprocess.run(
         [*args, "-c:a", "libopus", "-b:a", "48k", "-f", "webm", "pipe:1"], capture_output=True, check=True
     ).stdout
@@ -453,6 +490,27 @@ async def test_webm_stream_gives_the_same_finals_as_pcm(audio_dir, jfk):
     assert len(ends) == len(pcm_ends) >= 2
     assert max(abs(a - b) for a, b in zip(ends, pcm_ends, strict=True)) <= 0.2
     assert not stt.decoder.running
+    await stt.close()
+
+
+async def test_finalize_right_after_the_last_compressed_frame_covers_it(audio_dir):
+    # Cut mid-phrase ("... ask not what your country ..."): the frames go to ffmpeg as fast as the
+    # socket takes them, and finalize comes before ffmpeg has handed back their audio.
+    webm = encode_webm(audio_dir / "jfk.wav", seconds=4.2)
+    stt = OptimizedRealtimeSTT(engine=ScriptedEngine(), fmt="webm", speculate_after=0)
+    for i in range(0, len(webm), 4000):
+        await stt.process_audio_chunk(webm[i : i + 4000])
+    await stt.finalize()
+    assert stt.duration == pytest.approx(4.2, abs=0.02)  # finalize waited for the audio
+    assert stt.utterance is None
+    for _ in range(200):  # the final follows without any more input
+        if len(of(stt.events, "utterance_end")) == len(of(stt.events, "speech_started")):
+            break
+        await asyncio.sleep(0.02)
+    ends = of(stt.events, "utterance_end")
+    assert len(ends) == len(of(stt.events, "speech_started")) >= 2
+    assert ends[-1]["at"] == pytest.approx(4.2, abs=0.05)
+    check_protocol(stt.events)
     await stt.close()
 
 

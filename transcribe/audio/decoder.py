@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -119,6 +120,9 @@ class PcmDecoder:
             raise DecodeError("pcm_f32le audio must be finite floats in [-1, 1]")
         return np.clip(samples, -1.0, 1.0, out=samples)
 
+    async def settle(self) -> None:
+        """Nothing to wait for: PCM is handed on as it is fed."""
+
     async def close(self) -> None:
         self._pending.clear()
 
@@ -136,6 +140,8 @@ class StreamingDecoder:
         self._stderr: asyncio.Task[bytes] | None = None
         self._error: DecodeError | None = None
         self.bytes_in = 0
+        self._last_write = 0.0  # monotonic times, for settle()
+        self._last_output = 0.0
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
@@ -169,6 +175,7 @@ class StreamingDecoder:
                 del pending[:usable]
                 try:
                     await self.on_pcm(samples)
+                    self._last_output = time.monotonic()
                 except Exception as exc:
                     logger.exception("The PCM callback failed; stopping ffmpeg %s", self._proc.pid)
                     self._error = DecodeError(f"Audio processing failed: {exc}")
@@ -214,6 +221,20 @@ class StreamingDecoder:
         except (BrokenPipeError, ConnectionResetError):
             raise await self._fail() from None
         self.bytes_in += len(data)
+        self._last_write = time.monotonic()
+
+    async def settle(self, quiet: float = 0.03, timeout: float = 0.5) -> None:
+        """Wait until ffmpeg has handed back the audio of what was written so far: its output came
+        after the last write and then went quiet for ``quiet`` seconds (it answers a write within
+        about a millisecond), or ``timeout`` passed (a write that completes no packet gives none).
+        A client's ``finalize`` right after its last frame must cover that frame."""
+        deadline = time.monotonic() + timeout
+        while self.running and not self.failed:
+            now = time.monotonic()
+            caught_up = self._last_output >= self._last_write and now - self._last_output >= quiet
+            if caught_up or now >= deadline:
+                return
+            await asyncio.sleep(0.005)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush: end ffmpeg's input, deliver the last PCM, and reap the process (never a zombie)."""

@@ -27,7 +27,7 @@ from ..audio.buffer import OptimizedAudioBuffer
 from ..audio.decoder import PcmCallback, StreamingDecoder, make_decoder
 from ..conf import transcribe_settings
 from ..engines import DecodeOptions, STTEngine, Word, get_engine
-from ..exceptions import DecodeError, EngineError
+from ..exceptions import DecodeError, EngineError, EngineUnavailableError
 from .policy import LocalAgreement, accepted_words, join_words
 from .scheduler import InferenceScheduler
 from .vad import FRAME, Endpointer, FrameHistory, StreamingVAD
@@ -41,6 +41,10 @@ EventCallback = Callable[[Event], Awaitable[None]]
 PAD = int(0.2 * SAMPLE_RATE)  # audio kept around speech so word edges are not clipped
 PROMPT_CHARS = 200  # committed text given to Whisper as context
 WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
+# A final's decode is tried this often before its speech is reported as not transcribed: a failure
+# may be passing (a GPU out of memory, a worker that crashed), and a final is the text that lasts.
+FINAL_ATTEMPTS = 3
+FINAL_RETRY_DELAY = 0.5  # seconds, doubled after each failure
 
 
 def max_tokens(seconds: float) -> int:
@@ -162,6 +166,7 @@ class OptimizedRealtimeSTT:
 
     async def finalize(self) -> None:
         """End the current utterance now (client's ``finalize``); its final follows."""
+        await self.decoder.settle()  # the last frames may still be inside ffmpeg
         if self.utterance is not None:
             # Inside a pause, end where the silence began (the range a speculative final has
             # already decoded); otherwise at the newest sample.
@@ -347,7 +352,15 @@ class OptimizedRealtimeSTT:
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
             encoder_seconds=self.cfg.partial_encoder_seconds if partial else None,
         )
-        result = await self.scheduler.transcribe(self.engine, audio, self.language, options)
+        try:
+            result = await self.scheduler.transcribe(self.engine, audio, self.language, options)
+        except EngineError:
+            raise
+        except Exception as exc:
+            # An engine that breaks its contract (a plugin raising anything but EngineError) fails
+            # this decode like any engine error, never the whole session.
+            logger.exception("The engine raised %s instead of EngineError", type(exc).__name__)
+            raise EngineError(f"The engine failed: {type(exc).__name__}: {exc}") from exc
         return [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
 
     def _is_voiced(self, word: Word) -> bool:
@@ -389,14 +402,10 @@ class OptimizedRealtimeSTT:
 
     async def _final_job(self, start: int, end: int) -> None:
         speculated, self._speculated = self._speculated, None
-        try:
-            if speculated is not None and speculated[0] == (start, end):
-                words = speculated[1]  # decoded at the pause, with the same audio and prompt
-            else:
-                words = await self._decode(start, end, self.cfg.beam_size)
-        except EngineError as exc:
-            await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
-            words = []
+        if speculated is not None and speculated[0] == (start, end):
+            words = speculated[1]  # decoded at the pause, with the same audio and prompt
+        else:
+            words = await self._decode_final(start, end)
         self.transcribed_until = max(self.transcribed_until, end)
         self.final_until = max(self.final_until, end)
         if words:
@@ -418,6 +427,27 @@ class OptimizedRealtimeSTT:
             self.buffer.trim(end - PAD)
         else:
             self.buffer.trim(min(end, self.utterance.start) - PAD)
+
+    async def _decode_final(self, start: int, end: int) -> list[Word]:
+        """Decode a final, retried with backoff; after FINAL_ATTEMPTS failures the client is told
+        which stretch of speech has no text (it stays in the kept audio) and the session goes on."""
+        delay = FINAL_RETRY_DELAY
+        for attempt in range(1, FINAL_ATTEMPTS + 1):
+            try:
+                return await self._decode(start, end, self.cfg.beam_size)
+            except EngineError as exc:
+                if attempt == FINAL_ATTEMPTS or self.closed or isinstance(exc, EngineUnavailableError):
+                    logger.error("Final decode failed %d times, giving up: %s", attempt, exc)
+                    message = (
+                        f"{exc}. The speech from {self._t(start)} s to {self._t(end)} s "
+                        "could not be transcribed."
+                    )
+                    await self._emit({"type": "error", "code": "engine_error", "message": message})
+                    return []
+                logger.warning("Final decode failed (attempt %d): %s; retrying in %.1fs", attempt, exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        return []
 
     # -- helpers ------------------------------------------------------------------------------
 

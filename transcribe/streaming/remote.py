@@ -32,7 +32,7 @@ import numpy as np
 from .. import metrics
 from ..conf import transcribe_settings
 from ..engines.base import DecodeOptions, Segment, Transcription, Word
-from ..exceptions import EngineError
+from ..exceptions import EngineError, EngineUnavailableError
 from .scheduler import InferenceScheduler, SchedulerBusyError
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class RemoteInferenceScheduler(InferenceScheduler):
             logger.warning("Inference job %s: %s (attempt %d)", job, why, attempt + 1)
             if attempt < self.retries and self.on_retry is not None:
                 await self.on_retry(attempt + 1, why)
-        raise EngineError(f"Inference failed: {why}, {self.retries + 1} times")
+        raise EngineUnavailableError(f"Inference failed: {why}, {self.retries + 1} times")
 
     async def _send(self, message: dict[str, Any]) -> None:
         from channels.exceptions import ChannelFull
