@@ -11,7 +11,9 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from tests.test_consumers import communicator, receive_until, start
+from transcribe import consumers
 from transcribe.limits import TokenBucket
+from transcribe.models import TranscriptSession
 from transcribe.protocol import CloseCode
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,6 +48,59 @@ async def test_one_user_cannot_hold_more_than_max_sessions_per_user(alice: Any) 
     assert (await receive_until(first, "closed"))[-1]["type"] == "closed"
     for comm in (first, other):
         await comm.disconnect()
+
+
+async def lease_of(session_id: str) -> Any:
+    return (await TranscriptSession.objects.aget(pk=session_id)).connected_until
+
+
+@override_settings(TRANSCRIBE={"MAX_SESSIONS_PER_USER": 2})
+async def test_sessions_connected_on_other_servers_count_against_the_user(alice: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    # What another server writes for a session whose client is connected to it: a live lease.
+    elsewhere = await TranscriptSession.objects.acreate(
+        owner=alice, connected_until=timezone.now() + timedelta(seconds=30)
+    )
+    first = communicator(alice)
+    ready = await start(first)
+    assert await lease_of(ready["session"]) > timezone.now()
+    refused = communicator(alice)
+    connected, _ = await refused.connect()  # this process holds only one: the handshake passes
+    assert connected
+    await refused.send_json_to({"type": "start", "format": "pcm_s16le", "sample_rate": 16000})
+    error = await refused.receive_json_from(timeout=10)
+    assert (error["type"], error["code"]) == ("error", "rate_limited") and "2 sessions" in error["message"]
+    closed = await refused.receive_output(timeout=5)
+    assert (closed["type"], closed["code"]) == ("websocket.close", CloseCode.AT_CAPACITY)
+    assert await TranscriptSession.objects.filter(owner=alice).acount() == 2  # no session was made
+
+    # The other server crashed: its lease runs out, and the slot is free again.
+    elsewhere.connected_until = timezone.now() - timedelta(seconds=1)
+    await elsewhere.asave(update_fields=["connected_until"])
+    second = communicator(alice)
+    await start(second)
+
+    # A stopped session gives its slot back at once.
+    await first.send_json_to({"type": "stop"})
+    await receive_until(first, "closed")
+    await first.disconnect()
+    assert await lease_of(ready["session"]) is None
+    await second.disconnect()
+
+
+async def test_a_connected_session_renews_its_lease(alice: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumers, "CONNECTION_LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    comm = communicator(alice)
+    ready = await start(comm)
+    first = await lease_of(ready["session"])
+    await asyncio.sleep(1.5)  # past the first lease: only renewal keeps it
+    renewed = await lease_of(ready["session"])
+    assert renewed is not None and renewed > first
+    await comm.disconnect()
+    assert await lease_of(ready["session"]) is None
 
 
 @override_settings(TRANSCRIBE={"MAX_AUDIO_SPEED": 4.0, "MAX_AUDIO_BURST": 2.0})

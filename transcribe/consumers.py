@@ -40,6 +40,13 @@ logger = logging.getLogger(__name__)
 DRAIN_LEASE_SECONDS = 90.0
 # How long a resume waits for a lingering connection on another server to answer.
 TAKEOVER_ANSWER_SECONDS = 1.0
+# A connected session holds one of its user's MAX_SESSIONS_PER_USER slots, across servers, for this
+# long; the connection renews it every third of that (a crashed server's slots run out).
+CONNECTION_LEASE_SECONDS = 30.0
+
+
+class TooManySessionsError(Exception):
+    """The user already has MAX_SESSIONS_PER_USER sessions connected (on any server)."""
 
 
 class TranscribeConsumer(AsyncWebsocketConsumer):
@@ -65,6 +72,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         self.connected = False
         self.last_activity = time.monotonic()
         self.watchdog: asyncio.Task[None] | None = None
+        self.lease_until: Any = None  # this connection's connected_until, while it holds the slot
         user = self.scope.get("user")
         await self.accept()
         # Close codes can only be told to a client after accepting (before, it just sees HTTP 403).
@@ -96,6 +104,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             del self.live_sessions[self.session.pk]
         await self._stop_watchdog()
         await self._leave_group()
+        await self._release_slot()
         if self.handed_over:
             pass  # another connection resumed the session; this one's drain is already running
         elif self.storage_failed:
@@ -134,6 +143,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             del self.live_sessions[self.session.pk]
         await self._stop_watchdog()
         await self._leave_group()
+        await self._release_slot()
         await self.close(code=CloseCode.TAKEN_OVER, reason="resumed on another connection")
         if self.stt is not None and not self.finished:
             self._drain()
@@ -331,6 +341,16 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         await self.send_event("error", code=ErrorCode.RATE_LIMITED, message=f"Too fast: {what}")
         await self.close(code=CloseCode.AT_CAPACITY, reason="rate limited")
 
+    async def reject_too_many(self) -> None:
+        limit = transcribe_settings.MAX_SESSIONS_PER_USER
+        logger.warning("User %s already has %d sessions connected: refusing another", self.user_id, limit)
+        await self.send_event(
+            "error",
+            code=ErrorCode.RATE_LIMITED,
+            message=f"You already have {limit} sessions open; stop one to start another",
+        )
+        await self.close(code=CloseCode.AT_CAPACITY, reason="too many sessions of this user")
+
     async def violation(self, what: str) -> None:
         await self.send_event("error", code=ErrorCode.BAD_MESSAGE, message=f"Protocol violation: {what}")
         await self.close(code=CloseCode.PROTOCOL_VIOLATION, reason="protocol violation")
@@ -350,37 +370,18 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         language = start.language if engine.multilingual else "en"
         finals: list[dict[str, Any]] = []
         offset = 0.0
-        if start.session is None:
-            self.session = await self._create_session(start, engine, language)
-        else:
-            state = await self._session_state(start.session)
-            if state is None:
-                await self.send_event(
-                    "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
-                )
-                await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
-                return
-            stale = self.live_sessions.get(start.session)
-            if stale is not None and stale is not self:
-                await stale.hand_over()
-            elif state == TranscriptSessionStatus.ACTIVE and self._layer_is_shared():
-                await self._take_over_elsewhere(start.session)
-            # A dropped connection's audio may still be being transcribed (here or on another
-            # server): let it finish, so its finals are stored and counted in the offset before
-            # this connection adds more.
-            drain = self.draining_sessions.get(start.session)
-            if drain is not None:
-                await asyncio.wait({drain}, timeout=90)
-            await self._wait_for_drains(start.session)
-            resumed = await self._resume_session(start.session)
-            if resumed is None:
-                await self.send_event(
-                    "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
-                )
-                await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
-                return
-            self.session, finals, offset = resumed
-            language = self.session.language or language
+        try:
+            if start.session is None:
+                self.session = await self._create_session(start, engine, language)
+            else:
+                resumed = await self._resume(start)
+                if resumed is None:
+                    return
+                self.session, finals, offset = resumed
+                language = self.session.language or language
+        except TooManySessionsError:
+            await self.reject_too_many()
+            return
         self.live_sessions[self.session.pk] = self
         if self.channel_layer is not None:
             try:
@@ -431,6 +432,38 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             },
         )
 
+    async def _resume(self, start: StartMessage) -> tuple[Any, list[dict[str, Any]], float] | None:
+        """Take the user's session back (from a lingering connection or a drain, here or on another
+        server): the session, its stored finals and the offset; None (and closed) if it is not theirs."""
+        assert start.session is not None
+        state = await self._session_state(start.session)
+        if state is None:
+            await self.send_event(
+                "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
+            )
+            await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+            return None
+        stale = self.live_sessions.get(start.session)
+        if stale is not None and stale is not self:
+            await stale.hand_over()
+        elif state == TranscriptSessionStatus.ACTIVE and self._layer_is_shared():
+            await self._take_over_elsewhere(start.session)
+        # A dropped connection's audio may still be being transcribed (here or on another
+        # server): let it finish, so its finals are stored and counted in the offset before
+        # this connection adds more.
+        drain = self.draining_sessions.get(start.session)
+        if drain is not None:
+            await asyncio.wait({drain}, timeout=90)
+        await self._wait_for_drains(start.session)
+        resumed = await self._resume_session(start.session)
+        if resumed is None:
+            await self.send_event(
+                "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
+            )
+            await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+            return None
+        return resumed
+
     async def _inference(self) -> tuple[Any, Any]:
         """The engine and the scheduler of this session: in this process, or on remote workers."""
         if transcribe_settings.INFERENCE == "channels":
@@ -469,6 +502,8 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
 
     async def _watch_idle(self) -> None:
         while True:
+            if self.lease_until is not None:
+                await self._renew_slot()
             timeout = float(transcribe_settings.IDLE_TIMEOUT)
             remaining = self.last_activity + timeout - time.monotonic()
             if remaining <= 0:
@@ -554,20 +589,68 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
             recorder, self.recorder = self.recorder, None
             await save_recording(self.session, recorder, offset=self.stt.time_offset)
 
+    def _claim_slot(self, resuming: uuid.UUID | None = None) -> Any:
+        """Check MAX_SESSIONS_PER_USER against the user's connected sessions on every server, and
+        return this connection's lease (its ``connected_until``). Call inside a transaction: the
+        user's row is locked, so two servers starting sessions of one user at once take turns."""
+        from django.contrib.auth import get_user_model
+
+        from .models import TranscriptSession
+
+        user = self.scope["user"]
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+        now = timezone.now()
+        connected = TranscriptSession.objects.filter(owner=user, connected_until__gt=now)
+        if resuming is not None:
+            connected = connected.exclude(pk=resuming)
+        if connected.count() >= transcribe_settings.MAX_SESSIONS_PER_USER:
+            raise TooManySessionsError
+        self.lease_until = now + timedelta(seconds=CONNECTION_LEASE_SECONDS)
+        return self.lease_until
+
+    async def _renew_slot(self) -> None:
+        from .models import TranscriptSession
+
+        renew_at = self.lease_until - timedelta(seconds=2 * CONNECTION_LEASE_SECONDS / 3)
+        if timezone.now() < renew_at:
+            return
+        lease = timezone.now() + timedelta(seconds=CONNECTION_LEASE_SECONDS)
+        try:
+            await TranscriptSession.objects.filter(pk=self.session.pk).aupdate(connected_until=lease)
+            self.lease_until = lease
+        except DatabaseError as exc:  # the lease runs out by itself; the next round tries again
+            logger.warning("Session %s: could not renew its connection lease (%s)", self.session_id, exc)
+
+    async def _release_slot(self) -> None:
+        """Give the user's slot back, unless another connection has taken the session since."""
+        from .models import TranscriptSession
+
+        lease, self.lease_until = self.lease_until, None
+        if lease is None or self.session is None:
+            return
+        try:
+            await TranscriptSession.objects.filter(pk=self.session.pk, connected_until=lease).aupdate(
+                connected_until=None
+            )
+        except DatabaseError as exc:  # the lease runs out by itself
+            logger.warning("Session %s: could not release its connection lease (%s)", self.session_id, exc)
+
     @database_sync_to_async
     def _create_session(self, start: StartMessage, engine: Any, language: str | None) -> Any:
         from .models import TranscriptSession
 
         headers = dict(self.scope.get("headers", []))
-        return TranscriptSession.objects.create(
-            owner=self.scope["user"],
-            title=start.title,
-            language=language or "",
-            engine=engine.name,
-            model_name=engine.model_name,
-            audio_format=start.format,
-            client_info=headers.get(b"user-agent", b"").decode("latin-1")[:300],
-        )
+        with transaction.atomic():
+            return TranscriptSession.objects.create(
+                owner=self.scope["user"],
+                title=start.title,
+                language=language or "",
+                engine=engine.name,
+                model_name=engine.model_name,
+                audio_format=start.format,
+                client_info=headers.get(b"user-agent", b"").decode("latin-1")[:300],
+                connected_until=self._claim_slot(),
+            )
 
     @database_sync_to_async
     def _session_state(self, session_id: uuid.UUID) -> str | None:
@@ -585,9 +668,14 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         """The user's own session, its stored finals, and the seconds of audio they cover."""
         from .models import TranscriptSession
 
-        session = TranscriptSession.objects.filter(pk=session_id, owner=self.scope["user"]).first()
-        if session is None:
-            return None
+        with transaction.atomic():
+            session = TranscriptSession.objects.filter(pk=session_id, owner=self.scope["user"]).first()
+            if session is None:
+                return None
+            session.connected_until = self._claim_slot(resuming=session_id)
+            session.status = TranscriptSessionStatus.ACTIVE
+            session.ended_at = None
+            session.save(update_fields=["status", "ended_at", "connected_until"])
         finals = [
             {"id": seg.pk, "seq": seg.seq, "text": seg.text, "start": seg.start, "end": seg.end}
             for seg in session.segments.order_by("seq")
@@ -595,9 +683,6 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         # Everything a dropped connection sent was transcribed before the drop was recorded
         # (duration); after a server crash only the stored finals' times are known.
         offset = max([session.duration, *(f["end"] for f in finals)])
-        session.status = TranscriptSessionStatus.ACTIVE
-        session.ended_at = None
-        session.save(update_fields=["status", "ended_at"])
         return session, finals, round(offset, 3)
 
     @database_sync_to_async

@@ -56,6 +56,9 @@ class TranscriptSession(models.Model):
     # Set while a server transcribes and stores the audio of a dropped connection (a lease: a crashed
     # server's lease runs out). A resume on any server waits for it, so finals never collide.
     draining_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set while a client is connected to the session, and renewed (a lease: a crashed server's runs
+    # out). MAX_SESSIONS_PER_USER counts these, so the limit holds across servers.
+    connected_until = models.DateTimeField(null=True, blank=True, editable=False)
     reviewed_at = models.DateTimeField(_("reviewed"), null=True, blank=True)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

@@ -162,6 +162,28 @@ async def drop_on_one_node_resume_on_the_other(a: str, b: str, token: str, data:
     raise AssertionError("no closed event")
 
 
+async def sessions_per_user_across_nodes(a: str, b: str, token: str) -> list[Any]:
+    """MAX_SESSIONS_PER_USER (4 in the demo) sessions of one user, alternating nodes, then one more
+    on each node: what each start got (the ready event, or the error and close code)."""
+    headers = {"Authorization": f"Token {token}"}
+    start = json.dumps({"type": "start", "format": "pcm_s16le", "sample_rate": 16000})
+    sockets, answers = [], []
+    try:
+        for url in (a, b, a, b, a, b):
+            ws = await websockets.connect(url, additional_headers=headers, origin=origin_of(url))
+            sockets.append(ws)
+            await ws.send(start)
+            answer = json.loads(await ws.recv())
+            if answer["type"] == "error":
+                await ws.wait_closed()
+                answer["close_code"] = ws.close_code
+            answers.append(answer)
+    finally:
+        for ws in sockets:
+            await ws.close()
+    return answers
+
+
 def test_two_nodes_two_workers_one_killed(
     cluster: tuple[Cluster, str, str], audio_dir: Path, refs: dict[str, str]
 ) -> None:
@@ -208,3 +230,8 @@ def test_two_nodes_two_workers_one_killed(
     assert wer(refs["jfk.wav"], moved["closed"]["text"]) <= 0.15
     assert moved["offset"] == pytest.approx(len(data) // 2 // 6400 * 6400 / 32000, abs=0.3)
     assert os.environ.get("REDIS_PREFIX") is None  # the test never leaked its prefix into this process
+
+    # The per-user limit holds across the nodes: 2 + 2 sessions are open, a fifth is refused on either.
+    answers = asyncio.run(sessions_per_user_across_nodes(a, b, token))
+    assert [x["type"] for x in answers] == ["ready"] * 4 + ["error"] * 2, answers
+    assert all(x["code"] == "rate_limited" and x["close_code"] == 4429 for x in answers[4:]), answers

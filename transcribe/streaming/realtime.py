@@ -38,7 +38,9 @@ SAMPLE_RATE = 16_000
 Event = dict[str, Any]
 EventCallback = Callable[[Event], Awaitable[None]]
 
-PAD = int(0.2 * SAMPLE_RATE)  # audio kept around speech so word edges are not clipped
+# Audio kept around speech so word edges are not clipped. The VAD hears a soft onset late ("what"
+# after a pause came out as "like" with 0.2 s); at most half the closing silence is added at the end.
+PAD = int(0.3 * SAMPLE_RATE)
 PROMPT_CHARS = 200  # committed text given to Whisper as context
 WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
 # A final's decode is tried this often before its speech is reported as not transcribed: a failure
@@ -120,7 +122,10 @@ class OptimizedRealtimeSTT:
             min_silence=self.cfg.min_silence,
             soft_utterance=self.cfg.soft_utterance,
             soft_silence=self.cfg.soft_silence,
-            pause=self.cfg.speculate_after if self.cfg.speculate_after >= PAD / SAMPLE_RATE else 0.0,
+            # A speculative final needs the audio its range ends at (see _utterance_end).
+            pause=self.cfg.speculate_after
+            if self.cfg.speculate_after >= min(PAD / SAMPLE_RATE, self.cfg.min_silence / 2)
+            else 0.0,
         )
         self.history = FrameHistory(self.buffer.capacity // FRAME + 1)
         self.utterance: Utterance | None = None
@@ -277,8 +282,8 @@ class OptimizedRealtimeSTT:
         but never past half of it (the next word may follow soon). ``silence`` (samples) defaults
         to MIN_SILENCE, the silence an endpoint waits for, so a speculative final, a finalize in a
         pause and the endpoint itself all agree on the range."""
-        if silence is None:
-            silence = self.endpointer.min_silence_frames * FRAME
+        waited = self.endpointer.min_silence_frames * FRAME
+        silence = waited if silence is None else min(silence, waited)  # a soft endpoint waits less
         return silence_start + min(PAD, silence // 2)
 
     def _end_utterance(self, end: int) -> None:
