@@ -50,7 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SESSION_SECONDS": 4 * 3600,
     # Largest binary or text frame accepted, in bytes (4413 past it).
     "MAX_FRAME_BYTES": 1024 * 1024,
-    # Concurrent sessions of one user (a few tabs); one more is closed with 4429.
+    # Concurrent sessions of one user (a few tabs), counted over all servers sharing the database;
+    # one more is closed with 4429.
     "MAX_SESSIONS_PER_USER": 4,
     # Audio may arrive at most this many times faster than real time, after a burst of
     # MAX_AUDIO_BURST seconds (a resumed client re-sends what it kept); past it: 4429.
@@ -73,6 +74,12 @@ DEFAULTS: dict[str, Any] = {
     "INFERENCE_RETRIES": 2,
     # Where the recording page connects: the path of the app's websocket route in your asgi.py.
     "WEBSOCKET_URL": "/ws/transcribe/",
+    # Pages on other sites that may open the socket with a ticket from the ``ticket`` view: exact
+    # origins such as "https://app.example.com" (scheme, host, port if not the default; no path).
+    # Empty: tickets work only for the site's own origins (ALLOWED_HOSTS).
+    "TICKET_ORIGINS": [],
+    # Seconds a ticket stays valid after it was issued.
+    "TICKET_SECONDS": 60,
     # Keep each session's audio (Ogg/Opus, about 11 MB per hour) so reviewers can listen. Off by
     # default in the app: recordings are personal data; the demo project turns it on.
     "STORE_AUDIO": False,

@@ -16,6 +16,7 @@ urlpatterns = [
     path("sessions/<uuid:pk>/rename/", views.SessionRenameView.as_view(), name="session-rename"),
     path("sessions/<uuid:pk>/delete/", views.SessionDeleteView.as_view(), name="session-delete"),
     path("sessions/<uuid:pk>/audio.ogg", views.SessionAudioView.as_view(), name="session-audio"),
+    path("tickets/", views.ticket, name="ticket"),
     path("metrics", health.metrics, name="metrics"),
     path("healthz", health.healthz, name="healthz"),
 ]

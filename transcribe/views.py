@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.contrib.messages.views import SuccessMessageMixin
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import get_object_or_404
 from django.urls import reverse, reverse_lazy
 from django.views import View
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 from django.views.generic import DeleteView, DetailView, ListView, TemplateView, UpdateView
 
+from .auth import token_from_header
 from .conf import transcribe_settings
 from .exports import DOWNLOADS, download_name, render, session_cues
 from .forms import SessionTitleForm
 from .http import ranged_file_response
-from .models import TranscriptSession
+from .models import ApiToken, TranscriptSession
+from .tickets import issue_ticket, origin_allowed
 
 
 def clock(seconds: float) -> str:
@@ -156,3 +163,50 @@ class SessionAudioView(LoginRequiredMixin, View):
             sessions = sessions.filter(owner=user)  # type: ignore[misc]
         session = get_object_or_404(sessions, pk=pk)
         return ranged_file_response(request, session.audio, "audio/ogg", download_name(session, "ogg"))
+
+
+def _posted(request: HttpRequest, name: str) -> str:
+    """A form field, or a key of a JSON object body; "" when missing or not a string."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body)
+        except ValueError:
+            data = None
+        value = data.get(name) if isinstance(data, dict) else None
+    else:
+        value = request.POST.get(name)
+    return value if isinstance(value, str) else ""
+
+
+@csrf_exempt  # checked below, unless a valid API token authenticates the request
+@never_cache
+@require_POST
+def ticket(request: HttpRequest) -> HttpResponse:
+    """``tickets/``: a short-lived ticket for opening the socket from ``origin`` (``transcribe.tickets``).
+
+    The other site's backend calls it with ``Authorization: Token <key>``: no CSRF check, since a
+    browser never adds that header by itself. A signed-in browser may call it with its session,
+    and then the CSRF token is required as for any other post.
+    """
+    key = token_from_header(request.headers.get("Authorization", ""))
+    if key:
+        user = ApiToken.user_for(key)  # a presented token decides, never the cookie
+    elif request.user.is_authenticated:
+        refused = CsrfViewMiddleware(lambda request: HttpResponse()).process_view(request, None, (), {})
+        if refused is not None:
+            return refused
+        user = request.user
+    else:
+        user = None
+    if user is None:
+        return JsonResponse({"error": "Sign in, or send Authorization: Token <key>."}, status=401)
+    origin = _posted(request, "origin")
+    if not origin:
+        return JsonResponse({"error": "Say which origin the ticket is for: origin=https://…"}, status=400)
+    if not origin_allowed(origin):
+        return JsonResponse(
+            {"error": f"{origin} may not open the socket: it is not in TRANSCRIBE['TICKET_ORIGINS']."},
+            status=400,
+        )
+    seconds = transcribe_settings.TICKET_SECONDS
+    return JsonResponse({"ticket": issue_ticket(user, origin), "expires_in": seconds, "origin": origin})

@@ -171,7 +171,8 @@ async def test_a_truncated_webm_stream_keeps_what_came_before(
     events = await stop(comm)
     finals = [e for e in events if e["type"] == "final"]
     if damage == "cut":
-        assert len(finals) == 1 and "my fellow" in finals[0]["text"].lower()
+        # What came before the cut is kept ("and so my fellow"; tiny.en hears "am I fellow" on some CPUs).
+        assert len(finals) == 1 and "fellow" in finals[0]["text"].lower()
     assert set(codes(events)) <= {"bad_audio"}
     assert await stored(ready["session"]) == [(f["id"], f["seq"], f["text"]) for f in finals]
     assert events[-1]["text"] == " ".join(f["text"] for f in finals)

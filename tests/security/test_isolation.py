@@ -118,6 +118,16 @@ def _healthz(session: TranscriptSession) -> list[Request]:
     return [Request("get", reverse("transcribe:healthz"), 200, 200, anonymous=200)]
 
 
+def _ticket(session: TranscriptSession) -> list[Request]:
+    # POST only; a ticket is always for the caller (bob gets his own), never for anyone else
+    # (tests/security/test_tickets.py). Anonymous: 401, not a login page, for the other site's backend.
+    url = reverse("transcribe:ticket")
+    return [
+        Request("get", url, 405, 405, anonymous=405),
+        Request("post", url, None, 200, anonymous=401, data={"origin": "http://localhost"}),
+    ]
+
+
 APP_CASES: dict[str, Callable[[TranscriptSession], list[Request]]] = {
     "record": _record,
     "session-list": _list,
@@ -128,6 +138,7 @@ APP_CASES: dict[str, Callable[[TranscriptSession], list[Request]]] = {
     "session-audio": _audio,
     "metrics": _metrics,
     "healthz": _healthz,
+    "ticket": _ticket,
 }
 
 

@@ -18,6 +18,16 @@
 // answers with the finals it stored and the audio offset they cover, and the client re-sends the
 // PCM it kept from that offset, so no word is lost or repeated. (With MediaRecorder the audio
 // spoken while the socket was down cannot be re-sent: a compressed stream cannot restart mid-way.)
+//
+// Pages on another origin (the server's TRANSCRIBE["TICKET_ORIGINS"]) have no session cookie of the
+// server's: pass `ticket`, a function that asks your own backend for a fresh ticket (your backend
+// gets it from the server's `tickets/` view with its API token). It is called before every connect
+// and reconnect, since tickets expire within a minute; a plain string works for one connection.
+//
+//   new TranscribeClient({
+//     url: "wss://stt.example.com/ws/transcribe/",
+//     ticket: async () => (await (await fetch("/stt-ticket/", { method: "POST" })).json()).ticket,
+//   });
 
 const SAMPLE_RATE = 16000;
 const RETRY_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
@@ -76,6 +86,8 @@ export class TranscribeClient extends EventTarget {
    * @param {string} [options.workletUrl] URL of pcm-worklet.js (defaults to beside this module).
    * @param {number} [options.maxRetries] Reconnect attempts after a drop before giving up.
    * @param {number} [options.keepSeconds] Most audio kept for re-sending after a drop.
+   * @param {string|function(): Promise<string>} [options.ticket] A ticket from the server's
+   *   `tickets/` view, or an async function returning a fresh one (called before every connect).
    */
   constructor(options = {}) {
     super();
@@ -87,6 +99,7 @@ export class TranscribeClient extends EventTarget {
     this.maxRetries = options.maxRetries ?? 8;
     // Below the server's MAX_AUDIO_BURST (120 s by default), so a resume's re-send is not a flood.
     this.keepSeconds = options.keepSeconds ?? 100;
+    this.ticket = options.ticket || null;
 
     this.state = "idle";
     this.session = null; // id of the saved session, from the first `ready`
@@ -261,8 +274,22 @@ export class TranscribeClient extends EventTarget {
 
   // -- socket --------------------------------------------------------------------------------
 
-  _connect() {
-    const socket = new WebSocket(this.url);
+  async _connect() {
+    let url = this.url;
+    if (this.ticket) {
+      let ticket;
+      try {
+        ticket = typeof this.ticket === "function" ? await this.ticket() : this.ticket;
+      } catch {
+        this._onClose({ code: 1006 }); // like a dropped connection: retried with backoff
+        return;
+      }
+      if (this.state === "failed" || this.state === "finished") return;
+      const withTicket = new URL(url);
+      withTicket.searchParams.set("ticket", ticket);
+      url = withTicket.href;
+    }
+    const socket = new WebSocket(url);
     socket.binaryType = "arraybuffer";
     this._socket = socket;
     this._streaming = false;
