@@ -52,8 +52,12 @@ SAMPLE_RATE = 16_000
 BYTES_PER_SECOND = 2 * SAMPLE_RATE  # pcm_s16le mono
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The product's streaming knobs that the seed-like baseline turns off (as bench/pipeline_latency.py
-# does): partials encoded over Whisper's full 30 s window, and no speculative finals at pauses.
-BASELINE_OVERRIDES: dict[str, Any] = {"PARTIAL_ENCODER_SECONDS": 0.0, "SPECULATE_AFTER": 0.0}
+# does): partials and finals encoded over Whisper's full 30 s window, no speculative finals at pauses.
+BASELINE_OVERRIDES: dict[str, Any] = {
+    "PARTIAL_ENCODER_SECONDS": 0.0,
+    "FINAL_ENCODER_SECONDS": 0.0,
+    "SPECULATE_AFTER": 0.0,
+}
 
 
 def exit_on_sigterm() -> None:

@@ -17,7 +17,7 @@ after it, as an open microphone would send. Per utterance it measures
 and over the run, the server's CPU seconds per audio second (utime+stime of daphne and its children,
 such as the recorder's ffmpeg, from /proc) and its RSS (sampled every second). The baseline runs first
 in the same process, on a second daphne with the seed-like streaming settings of
-bench/pipeline_latency.py (partials over Whisper's full 30 s window, no speculative finals); ratios
+bench/pipeline_latency.py (partials and finals over Whisper's full 30 s window, no speculative finals); ratios
 are baseline / ours.
 
 ``--soak MINUTES`` streams one session of the clips looped with 3 s of noise between them for that

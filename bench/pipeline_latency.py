@@ -3,9 +3,9 @@
     python bench/pipeline_latency.py [--speed 1] [--clips jfk.wav,...] [--verbose]
 
 Replays the speech clips of ../shared/audio through ``OptimizedRealtimeSTT`` in this process (no
-socket), once with the baseline configuration (partials encoded over Whisper's full 30 s window,
-no speculative finals) and once with the product's defaults (PARTIAL_ENCODER_SECONDS,
-SPECULATE_AFTER), and prints one JSON line: final
+socket), once with the baseline configuration (partials and finals encoded over Whisper's full
+30 s window, no speculative finals) and once with the product's defaults (PARTIAL_ENCODER_SECONDS,
+FINAL_ENCODER_SECONDS, SPECULATE_AFTER), and prints one JSON line: final
 latency p50/p95 after the last word, first-partial latency, inference seconds per audio second,
 corpus WER, and their ratios baseline/ours.
 """
@@ -36,7 +36,10 @@ from transcribe.engines import get_engine  # noqa: E402
 from transcribe.streaming.replay import replay  # noqa: E402
 
 AUDIO = Path(os.environ.get("TRANSCRIBE_TEST_AUDIO", ROOT.parent / "shared" / "audio"))
-CONFIGS = {"baseline": {"partial_encoder_seconds": 0.0, "speculate_after": 0.0}, "ours": {}}
+CONFIGS = {
+    "baseline": {"partial_encoder_seconds": 0.0, "final_encoder_seconds": 0.0, "speculate_after": 0.0},
+    "ours": {},
+}
 
 
 def load(name: str) -> np.ndarray:

@@ -38,6 +38,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "PARTIAL_BEAM_SIZE": (1, 20),
     "STATUS_INTERVAL": (0.1, 3600),
     "PARTIAL_ENCODER_SECONDS": (0, 30),
+    "FINAL_ENCODER_SECONDS": (0, 30),
     "SPECULATE_AFTER": (0, 10),
 }
 

@@ -103,10 +103,12 @@ DEFAULTS: dict[str, Any] = {
     # Beam size of final decodes and of partial decodes.
     "BEAM_SIZE": 5,
     "PARTIAL_BEAM_SIZE": 1,
-    # Partials encode a window of this many seconds (at least the utterance) instead of Whisper's
-    # 30 s: about 4x less CPU per partial on tiny.en, slightly rougher partial text. 0: full window.
-    # Finals always use the full window.
+    # Partials and finals encode a window of this many seconds (at least the utterance plus 1 s)
+    # instead of Whisper's 30 s; 0: the full window. On tiny.en that is about 4x less encoder CPU per
+    # call, and finals came twice as fast with the same WER on ../shared/audio (bench/accuracy.py,
+    # bench/latency.py); partials are slightly rougher.
     "PARTIAL_ENCODER_SECONDS": 10.0,
+    "FINAL_ENCODER_SECONDS": 10.0,
     # After this much silence inside an utterance, decode it as if it had ended; if the silence
     # reaches MIN_SILENCE, that final is sent at once. 0: off (finals start after MIN_SILENCE).
     "SPECULATE_AFTER": 0.25,

@@ -68,6 +68,7 @@ class StreamingConfig:
     status_interval: float = 1.0
     use_prompt: bool = True
     partial_encoder_seconds: float = 10.0
+    final_encoder_seconds: float = 10.0
     speculate_after: float = 0.25
 
     @classmethod
@@ -355,7 +356,7 @@ class OptimizedRealtimeSTT:
             word_timestamps=True,
             prompt=self.committed_text[-PROMPT_CHARS:] if self.cfg.use_prompt else None,
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
-            encoder_seconds=self.cfg.partial_encoder_seconds if partial else None,
+            encoder_seconds=self.cfg.partial_encoder_seconds if partial else self.cfg.final_encoder_seconds,
         )
         try:
             result = await self.scheduler.transcribe(self.engine, audio, self.language, options)
