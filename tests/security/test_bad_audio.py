@@ -259,6 +259,68 @@ async def test_the_recorders_ffmpeg_killed_mid_stream(alice: Any, audio_dir: Pat
     assert not await settled_children(before)
 
 
+async def test_a_hung_decoder_is_killed_and_reported(
+    alice: Any, golden_webm: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder's ffmpeg stops reading (SIGSTOP: a deadlock, a stalled machine): after
+    STALL_SECONDS it is killed and reaped, the client gets bad_audio, and the stored final stays.
+    (That a new stream decodes after a dead decoder is test_ffmpeg_killed_mid_stream.)"""
+    monkeypatch.setattr("transcribe.audio.decoder.STALL_SECONDS", 1.0)
+    before = children()
+    comm = communicator(alice)
+    ready = await start(comm, format="webm")
+    final = await speech_final(comm, golden_webm, 1000)
+    await still_open(comm)  # everything about that speech has been received
+    [pid] = ffmpeg_children(before)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # Fill the pipe to the stopped ffmpeg (64 KiB), paced under the frame-rate limit, until the
+        # server answers.
+        stream = golden_webm * 20
+        for i in range(0, len(stream), 4000):
+            await comm.send_to(bytes_data=stream[i : i + 4000])
+            if not await comm.receive_nothing(timeout=0.02):
+                break
+        events = await still_open(comm)
+        bad = [e for e in events if e["type"] == "error" and e["code"] == "bad_audio"]
+        assert bad and "stopped responding" in bad[0]["message"], events
+        assert_reaped(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await stop(comm)
+    assert await stored(ready["session"]) == [(final["id"], 1, final["text"])]
+    assert not await settled_children(before) and not zombies()
+
+
+@override_settings(TRANSCRIBE={"STORE_AUDIO": True})
+async def test_a_hung_recorder_is_given_up_and_the_transcript_goes_on(
+    alice: Any, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("transcribe.audio.recorder.STALL_SECONDS", 1.0)
+    before = children()
+    comm = communicator(alice)
+    ready = await start(comm)
+    data = pcm_s16le(padded_pcm(audio_dir / GOLDEN))
+    await comm.send_to(bytes_data=data[:CHUNK])
+    await asyncio.sleep(0.3)
+    [recorder] = ffmpeg_children(before)
+    os.kill(recorder, signal.SIGSTOP)
+    try:
+        final = await speech_final(comm, data[CHUNK:], CHUNK)
+        assert "golden fortune" in final["text"].lower()
+        events = await stop(comm)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(recorder, signal.SIGKILL)
+    assert events[-1]["text"] == final["text"]
+    assert await stored(ready["session"]) == [(final["id"], 1, final["text"])]
+    session = await TranscriptSession.objects.aget(pk=ready["session"])
+    assert not session.audio  # nothing half-written is kept
+    assert_reaped(recorder)
+    assert not await settled_children(before)
+
+
 # -- raw PCM --------------------------------------------------------------------------------------
 
 

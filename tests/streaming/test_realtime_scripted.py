@@ -14,7 +14,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Call:
     seconds: float
     beam_size: int
     prompt: str | None
+    encoder_seconds: float | None = None
 
 
 class ScriptedEngine:
@@ -74,7 +75,7 @@ class ScriptedEngine:
         assert audio.dtype == np.float32 and audio.ndim == 1
         opts = options or DecodeOptions()
         n = len(self.calls)
-        self.calls.append(Call(len(audio) / SR, opts.beam_size, opts.prompt))
+        self.calls.append(Call(len(audio) / SR, opts.beam_size, opts.prompt, opts.encoder_seconds))
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)
@@ -280,6 +281,27 @@ async def test_an_engine_raising_anything_else_fails_one_decode_not_the_session(
     finals = of(events, "final")
     assert [f["seq"] for f in finals] == list(range(1, len(finals) + 1)) and len(finals) >= 3
     check_protocol([e for e in events if e["type"] != "error"])
+
+
+class LoopingEngine(ScriptedEngine):
+    """Over a short encoder window, a final comes out as a loop that Whisper's own rules reject (a
+    compression ratio of 3), as tiny.en did for "And so my fellow Americans. And so my fellow ..."."""
+
+    def transcribe_numpy(self, audio, language, options=None):
+        result = super().transcribe_numpy(audio, language, options)
+        if options is not None and options.encoder_seconds and options.beam_size > 1:
+            looped = tuple(replace(s, compression_ratio=3.0) for s in result.segments)
+            return Transcription(looped, language="en", duration=result.duration)
+        return result
+
+
+async def test_a_final_rejected_over_a_short_window_is_decoded_again_over_30_s(jfk):
+    engine = LoopingEngine()
+    events = await stream(OptimizedRealtimeSTT(engine=engine, final_encoder_seconds=10), jfk)
+    full = await stream(OptimizedRealtimeSTT(engine=ScriptedEngine(), final_encoder_seconds=0), jfk)
+    assert [f["text"] for f in of(events, "final")] == [f["text"] for f in of(full, "final")]
+    finals = [c.encoder_seconds for c in engine.calls if c.beam_size > 1]
+    assert finals and finals.count(10) == finals.count(None)  # each short decode was heard again
 
 
 async def test_speculative_finals_are_used_not_decoded_twice(jfk):

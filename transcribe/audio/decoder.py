@@ -35,6 +35,9 @@ PCM_FORMATS = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
 FORMATS = (*PCM_FORMATS, *CONTAINER_FORMATS)
 READ_SIZE = 16 * 1024
 STDERR_LIMIT = 4096
+# An ffmpeg that takes no input for this long (stopped, deadlocked) is killed and reported as bad
+# audio; the next frame starts a fresh one. Without it a hung decoder would hold the socket forever.
+STALL_SECONDS = 10.0
 
 
 def s16le_to_float32(data: bytes | bytearray | memoryview) -> Samples:
@@ -217,22 +220,27 @@ class StreamingDecoder:
             raise await self._fail()
         try:
             self._proc.stdin.write(data)
-            await self._proc.stdin.drain()
+            await asyncio.wait_for(self._proc.stdin.drain(), STALL_SECONDS)
         except (BrokenPipeError, ConnectionResetError):
             raise await self._fail() from None
+        except TimeoutError:
+            logger.warning("ffmpeg %s took no input for %.0fs; killing it", self._proc.pid, STALL_SECONDS)
+            self._error = DecodeError(f"The {self.fmt} decoder stopped responding")
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            raise self._error from None
         self.bytes_in += len(data)
         self._last_write = time.monotonic()
 
-    async def settle(self, quiet: float = 0.03, timeout: float = 0.5) -> None:
-        """Wait until ffmpeg has handed back the audio of what was written so far: its output came
-        after the last write and then went quiet for ``quiet`` seconds (it answers a write within
-        about a millisecond), or ``timeout`` passed (a write that completes no packet gives none).
-        A client's ``finalize`` right after its last frame must cover that frame."""
+    async def settle(self, quiet: float = 0.05, timeout: float = 0.5) -> None:
+        """Wait until ffmpeg has handed back the audio of what was written so far: nothing came out
+        for ``quiet`` seconds since the last write or output (it answers a write within about a
+        millisecond; input that completes no packet gives nothing), ``timeout`` at most. A client's
+        ``finalize`` right after its last frame must cover that frame."""
         deadline = time.monotonic() + timeout
         while self.running and not self.failed:
             now = time.monotonic()
-            caught_up = self._last_output >= self._last_write and now - self._last_output >= quiet
-            if caught_up or now >= deadline:
+            if now - max(self._last_write, self._last_output) >= quiet or now >= deadline:
                 return
             await asyncio.sleep(0.005)
 

@@ -27,6 +27,9 @@ from .ffmpeg import find_ffmpeg
 logger = logging.getLogger(__name__)
 
 STDERR_LIMIT = 4096
+# A recorder that takes no input for this long (stopped, a stalled disk) is given up, like a dead
+# one: the transcript must not wait for the recording.
+STALL_SECONDS = 10.0
 
 
 def _encode_args(bitrate: int) -> list[str]:
@@ -90,28 +93,33 @@ class AudioRecorder:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         try:
             self._proc.stdin.write(pcm)
-            await self._proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError) as exc:
+            await asyncio.wait_for(self._proc.stdin.drain(), STALL_SECONDS)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
             self.failed = True
-            logger.error("The audio recorder stopped (%s); the transcript goes on without it", exc)
+            logger.error("The audio recorder stopped (%r); the transcript goes on without it", exc)
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()  # a hung one; a dead one is reaped by finish() or abort()
             return
         self.samples += len(samples)
 
     async def finish(self) -> Path | None:
         """Close the stream and wait for ffmpeg. The spool file, or None when nothing was recorded."""
         proc = self._proc
-        if proc is None:
-            self.discard()
+        if proc is None or self.failed:
+            await self.abort()  # a dead or hung encoder: what it wrote is not a whole file
             return None
         assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.close()
-            await proc.stdin.wait_closed()
         try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.close()
+                # A hung encoder never takes the rest of its input.
+                await asyncio.wait_for(proc.stdin.wait_closed(), STALL_SECONDS)
             await asyncio.wait_for(proc.wait(), timeout=30)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            logger.error("The audio recorder did not finish; its recording is dropped")
+            self.failed = True
+            await self.abort()
+            return None
         err = await self._stderr if self._stderr is not None else b""
         if proc.returncode != 0 or self.failed or self.samples == 0:
             if self.samples:

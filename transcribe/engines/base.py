@@ -83,7 +83,8 @@ class DecodeOptions:
     # Upper bound on generated tokens; bounds the cost of a hallucination loop on short audio.
     max_new_tokens: int | None = None
     # Encode only this many seconds (at least the audio's length) instead of Whisper's fixed 30 s
-    # window: the encoder costs in proportion, but text is a little less reliable. For partials.
+    # window: the encoder costs in proportion, but text is a little less reliable (see
+    # OptimizedRealtimeSTT._decode for how finals guard against it).
     encoder_seconds: float | None = None
     # Called with each segment as soon as it is decoded (progress of long files); optional.
     on_segment: Callable[[Segment], None] | None = None

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy.typing as npt
 from ..audio.buffer import OptimizedAudioBuffer
 from ..audio.decoder import PcmCallback, StreamingDecoder, make_decoder
 from ..conf import transcribe_settings
-from ..engines import DecodeOptions, STTEngine, Word, get_engine
+from ..engines import DecodeOptions, STTEngine, Transcription, Word, get_engine
 from ..exceptions import DecodeError, EngineError, EngineUnavailableError
 from .policy import LocalAgreement, accepted_words, join_words
 from .scheduler import InferenceScheduler
@@ -358,8 +358,18 @@ class OptimizedRealtimeSTT:
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
             encoder_seconds=self.cfg.partial_encoder_seconds if partial else self.cfg.final_encoder_seconds,
         )
+        result = await self._transcribe(audio, options)
+        words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
+        if not words and not partial and options.encoder_seconds and any(s.text for s in result.segments):
+            # A short encoder window can make Whisper loop ("And so my fellow Americans. And so my
+            # fellow Americans."), which the guards drop whole: a final hears it again over 30 s.
+            result = await self._transcribe(audio, replace(options, encoder_seconds=None))
+            words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
+        return words
+
+    async def _transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> Transcription:
         try:
-            result = await self.scheduler.transcribe(self.engine, audio, self.language, options)
+            return await self.scheduler.transcribe(self.engine, audio, self.language, options)
         except EngineError:
             raise
         except Exception as exc:
@@ -367,7 +377,6 @@ class OptimizedRealtimeSTT:
             # this decode like any engine error, never the whole session.
             logger.exception("The engine raised %s instead of EngineError", type(exc).__name__)
             raise EngineError(f"The engine failed: {type(exc).__name__}: {exc}") from exc
-        return [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
 
     def _is_voiced(self, word: Word) -> bool:
         """Whisper invents words in silence ("Thank you."): keep only words the VAD heard."""
