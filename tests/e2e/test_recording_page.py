@@ -102,7 +102,7 @@ def test_record_in_the_browser_and_find_the_session(
     keep_screenshot(page, "session-list.png")
 
     # A reviewer finds it in the admin by a word it contains, listens, and corrects a segment.
-    page.goto(f"{site_server.url}/admin/transcribe/transcriptsession/?q=americans")
+    page.goto(f"{site_server.url}/admin/transcribe/transcriptsession/?q=country")
     assert page.locator("#result_list tbody tr").count() == 1
     keep_screenshot(page, "admin-list.png")
     page.click("#result_list tbody tr th a")
