@@ -341,6 +341,12 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         await self.send_event("error", code=ErrorCode.RATE_LIMITED, message=f"Too fast: {what}")
         await self.close(code=CloseCode.AT_CAPACITY, reason="rate limited")
 
+    async def reject_not_yours(self) -> None:
+        await self.send_event(
+            "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
+        )
+        await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+
     async def reject_too_many(self) -> None:
         limit = transcribe_settings.MAX_SESSIONS_PER_USER
         logger.warning("User %s already has %d sessions connected: refusing another", self.user_id, limit)
@@ -438,10 +444,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         assert start.session is not None
         state = await self._session_state(start.session)
         if state is None:
-            await self.send_event(
-                "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
-            )
-            await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+            await self.reject_not_yours()
             return None
         stale = self.live_sessions.get(start.session)
         if stale is not None and stale is not self:
@@ -457,10 +460,7 @@ class TranscribeConsumer(AsyncWebsocketConsumer):
         await self._wait_for_drains(start.session)
         resumed = await self._resume_session(start.session)
         if resumed is None:
-            await self.send_event(
-                "error", code=ErrorCode.BAD_MESSAGE, message="No such session of yours to resume"
-            )
-            await self.close(code=CloseCode.NOT_YOUR_SESSION, reason="not your session")
+            await self.reject_not_yours()
             return None
         return resumed
 

@@ -237,28 +237,6 @@ async def test_ffmpeg_killed_mid_stream(alice: Any, golden_webm: bytes, fellow_w
     assert not await settled_children(before) and not zombies()
 
 
-@override_settings(TRANSCRIBE={"STORE_AUDIO": True})
-async def test_the_recorders_ffmpeg_killed_mid_stream(alice: Any, audio_dir: Path, caplog: Any) -> None:
-    """Losing the recording never costs the transcript."""
-    before = children()
-    comm = communicator(alice)
-    ready = await start(comm)
-    data = pcm_s16le(padded_pcm(audio_dir / GOLDEN))
-    await comm.send_to(bytes_data=data[:CHUNK])
-    await asyncio.sleep(0.3)
-    [recorder] = ffmpeg_children(before)
-    os.kill(recorder, signal.SIGKILL)
-    final = await speech_final(comm, data[CHUNK:], CHUNK)
-    assert "golden fortune" in final["text"].lower()
-    events = await stop(comm)
-    assert events[-1]["text"] == final["text"]
-    assert await stored(ready["session"]) == [(final["id"], 1, final["text"])]
-    session = await TranscriptSession.objects.aget(pk=ready["session"])
-    assert not session.audio  # nothing half-written is kept
-    assert_reaped(recorder)
-    assert not await settled_children(before)
-
-
 async def test_a_hung_decoder_is_killed_and_reported(
     alice: Any, golden_webm: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -294,9 +272,12 @@ async def test_a_hung_decoder_is_killed_and_reported(
 
 
 @override_settings(TRANSCRIBE={"STORE_AUDIO": True})
-async def test_a_hung_recorder_is_given_up_and_the_transcript_goes_on(
-    alice: Any, audio_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+async def test_losing_the_recorders_ffmpeg_never_costs_the_transcript(
+    alice: Any, audio_dir: Path, monkeypatch: pytest.MonkeyPatch, how: signal.Signals
 ) -> None:
+    """The recorder's ffmpeg dies, or stops taking input (given up after STALL_SECONDS): the
+    transcript goes on, nothing half-written is kept, and the process is reaped."""
     monkeypatch.setattr("transcribe.audio.recorder.STALL_SECONDS", 1.0)
     before = children()
     comm = communicator(alice)
@@ -305,7 +286,7 @@ async def test_a_hung_recorder_is_given_up_and_the_transcript_goes_on(
     await comm.send_to(bytes_data=data[:CHUNK])
     await asyncio.sleep(0.3)
     [recorder] = ffmpeg_children(before)
-    os.kill(recorder, signal.SIGSTOP)
+    os.kill(recorder, how)
     try:
         final = await speech_final(comm, data[CHUNK:], CHUNK)
         assert "golden fortune" in final["text"].lower()
