@@ -20,6 +20,7 @@ from channels.worker import Worker
 
 from .engines import get_engine
 from .streaming.executor import get_executor
+from .streaming.heap import then_trim
 from .streaming.remote import (
     INFERENCE_CHANNEL,
     JOB_TYPE,
@@ -40,7 +41,9 @@ async def run_job(channel_layer: Any, message: dict[str, Any]) -> None:
         audio, language, options = decode_job(message)
         loop = asyncio.get_running_loop()
         engine = await loop.run_in_executor(get_executor(), get_engine)  # weights load once
-        result = await loop.run_in_executor(get_executor(), engine.transcribe_numpy, audio, language, options)
+        result = await loop.run_in_executor(
+            get_executor(), then_trim, engine.transcribe_numpy, audio, language, options
+        )
         reply.update(ok=True, result=transcription_to_dict(result))
         logger.debug(
             "Job %s: %.1f s of audio in %.2f s",

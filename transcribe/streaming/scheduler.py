@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import metrics
 from .executor import get_executor
+from .heap import then_trim
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,7 +42,7 @@ class InferenceScheduler:
         self.busy = True
         started = time.perf_counter()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, then_trim, fn, *args)
         finally:
             self.busy = False
             self.jobs += 1
