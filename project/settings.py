@@ -127,6 +127,9 @@ TRANSCRIBE = {
     # "local", or "channels": inference on `manage.py runworker transcribe-inference` processes.
     "INFERENCE": os.environ.get("TRANSCRIBE_INFERENCE", "local"),
     "INFERENCE_TIMEOUT": float(os.environ.get("TRANSCRIBE_INFERENCE_TIMEOUT", "20")),
+    # Inference threads, and the CPU threads each decode may use (0: all cores).
+    "WORKERS": int(os.environ.get("TRANSCRIBE_WORKERS", "1")),
+    "CPU_THREADS": int(os.environ.get("TRANSCRIBE_CPU_THREADS", "0")),
 }
 
 LOGGING = {
