@@ -127,7 +127,8 @@ TRANSCRIBE = {
     # "local", or "channels": inference on `manage.py runworker transcribe-inference` processes.
     "INFERENCE": os.environ.get("TRANSCRIBE_INFERENCE", "local"),
     "INFERENCE_TIMEOUT": float(os.environ.get("TRANSCRIBE_INFERENCE_TIMEOUT", "20")),
-    # Inference threads, and the CPU threads each decode may use (0: all cores).
+    # Inference calls at once, and the CPU threads each may use (0: the cores shared out). See the
+    # WORKERS comment in transcribe/conf.py before raising it.
     "WORKERS": int(os.environ.get("TRANSCRIBE_WORKERS", "1")),
     "CPU_THREADS": int(os.environ.get("TRANSCRIBE_CPU_THREADS", "0")),
 }

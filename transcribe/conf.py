@@ -38,11 +38,14 @@ DEFAULTS: dict[str, Any] = {
     "DEVICE": "cpu",
     # CTranslate2 compute type; "default" picks int8 on CPU and float16 on CUDA.
     "COMPUTE_TYPE": "default",
-    # Threads one inference call may use; 0: all cores.
+    # Threads one inference call may use; 0: the cores shared out among the WORKERS.
     "CPU_THREADS": 0,
     # Default language of a session when the client does not say; None: detect (multilingual only).
     "LANGUAGE": "en",
-    # Threads of the dedicated inference executor (jobs of all sessions share it).
+    # Inference calls at once: threads of the dedicated executor (jobs of all sessions share it),
+    # and CTranslate2 workers. 2 on a 2-core CPU gave 4 sessions a final p95 of 2.8 s instead of
+    # 9.1 s (bench/concurrency.py), but is not the default yet: in one test run with it, a resumed
+    # session's transcript came out garbled, which is not understood.
     "WORKERS": 1,
     # Concurrent streaming sessions on this process; one more is closed with 4429.
     "MAX_SESSIONS": 8,
@@ -105,10 +108,11 @@ DEFAULTS: dict[str, Any] = {
     "PARTIAL_BEAM_SIZE": 1,
     # Partials and finals encode a window of this many seconds (at least the utterance plus 1 s)
     # instead of Whisper's 30 s; 0: the full window. On tiny.en that is about 4x less encoder CPU per
-    # call, and finals came twice as fast with the same WER on ../shared/audio (bench/accuracy.py,
-    # bench/latency.py); partials are slightly rougher.
+    # call; partials are slightly rougher. For finals it is opt-in: they came about twice as fast
+    # with the same corpus WER, but a session resumed mid-sentence came out garbled over 10 s
+    # ("Thank Like you are coming... One tree can do for you") and right over 30 s.
     "PARTIAL_ENCODER_SECONDS": 10.0,
-    "FINAL_ENCODER_SECONDS": 10.0,
+    "FINAL_ENCODER_SECONDS": 0.0,
     # After this much silence inside an utterance, decode it as if it had ended; if the silence
     # reaches MIN_SILENCE, that final is sent at once. 0: off (finals start after MIN_SILENCE).
     "SPECULATE_AFTER": 0.25,

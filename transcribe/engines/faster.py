@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..conf import transcribe_settings
 from ..exceptions import EngineError
 from .base import SAMPLE_RATE, Audio, DecodeOptions, Segment, Transcription, Word
 
@@ -47,12 +48,16 @@ class FasterWhisperEngine:
         self.model_name = model_name or Path(model_path).name
         self.device = device
         self.compute_type = compute_type
+        # As many calls at once as the executor has threads (TRANSCRIBE["WORKERS"]): with one,
+        # CTranslate2 would run the threads' calls one after another. The cores are shared out.
+        workers = max(1, int(transcribe_settings.WORKERS))
         try:
             self.model = WhisperModel(
                 str(model_path),
                 device=device,
                 compute_type=compute_type,
-                cpu_threads=cpu_threads or (os.cpu_count() or 1),
+                cpu_threads=cpu_threads or max(1, (os.cpu_count() or 1) // workers),
+                num_workers=workers,
                 local_files_only=True,
             )
         except Exception as exc:

@@ -68,7 +68,7 @@ class StreamingConfig:
     status_interval: float = 1.0
     use_prompt: bool = True
     partial_encoder_seconds: float = 10.0
-    final_encoder_seconds: float = 10.0
+    final_encoder_seconds: float = 0.0
     speculate_after: float = 0.25
 
     @classmethod
