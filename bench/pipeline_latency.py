@@ -37,7 +37,12 @@ from transcribe.streaming.replay import replay  # noqa: E402
 
 AUDIO = Path(os.environ.get("TRANSCRIBE_TEST_AUDIO", ROOT.parent / "shared" / "audio"))
 CONFIGS = {
-    "baseline": {"partial_encoder_seconds": 0.0, "final_encoder_seconds": 0.0, "speculate_after": 0.0},
+    "baseline": {
+        "partial_encoder_seconds": 0.0,
+        "final_encoder_seconds": 0.0,
+        "speculate_after": 0.0,
+        "partial_share": 1.0,
+    },
     "ours": {},
 }
 

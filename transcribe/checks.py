@@ -29,6 +29,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "IDLE_TIMEOUT": (1, 24 * 3600),
     "STEP": (0.1, 10),
     "FIRST_STEP": (0.1, 10),
+    "PARTIAL_SHARE": (0.05, 1),
     "MIN_SILENCE": (0.1, 10),
     "MAX_UTTERANCE": (2, 29),  # Whisper sees at most 30 s at once
     "SOFT_UTTERANCE": (1, 29),

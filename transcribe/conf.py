@@ -96,6 +96,10 @@ DEFAULTS: dict[str, Any] = {
     "STEP": 0.5,
     # The first partial of an utterance comes after FIRST_STEP of speech, so text shows up early.
     "FIRST_STEP": 0.3,
+    # Partials may keep a session's inference busy this share of the time at most: when one takes
+    # longer than STEP * PARTIAL_SHARE (a slow CPU, a queue behind other sessions), the next waits
+    # for proportionally more audio, so the step adapts to the load and finals are not held back.
+    "PARTIAL_SHARE": 0.5,
     "MIN_SILENCE": 0.5,
     "MAX_UTTERANCE": 15.0,
     # Past SOFT_UTTERANCE seconds, a shorter pause (SOFT_SILENCE) already ends the utterance.
@@ -107,12 +111,12 @@ DEFAULTS: dict[str, Any] = {
     "BEAM_SIZE": 5,
     "PARTIAL_BEAM_SIZE": 1,
     # Partials and finals encode a window of this many seconds (at least the utterance plus 1 s)
-    # instead of Whisper's 30 s; 0: the full window. On tiny.en that is about 4x less encoder CPU per
-    # call; partials are slightly rougher. For finals it is opt-in: they came about twice as fast
-    # with the same corpus WER, but a session resumed mid-sentence came out garbled over 10 s
-    # ("Thank Like you are coming... One tree can do for you") and right over 30 s.
+    # instead of Whisper's 30 s; 0: the full window. Encoding 10 s costs about a quarter of 30 s on
+    # tiny.en; partials are slightly rougher. Finals take 15 s: over 10 s, audio that begins
+    # mid-word (a resumed session) made Whisper loop ("he can do for you. He can do for you.");
+    # a final that repeats a phrase anyway is decoded again over 30 s.
     "PARTIAL_ENCODER_SECONDS": 10.0,
-    "FINAL_ENCODER_SECONDS": 0.0,
+    "FINAL_ENCODER_SECONDS": 15.0,
     # After this much silence inside an utterance, decode it as if it had ended; if the silence
     # reaches MIN_SILENCE, that final is sent at once. 0: off (finals start after MIN_SILENCE).
     "SPECULATE_AFTER": 0.25,

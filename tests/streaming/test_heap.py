@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ def test_then_trim_returns_the_jobs_result_and_trims_once_per_interval(
     calls: list[int] = []
     monkeypatch.setattr(heap, "_trim", lambda pad: calls.append(pad) or 1)
     monkeypatch.setattr(heap, "TRIM_INTERVAL", 3600.0)
-    monkeypatch.setattr(heap, "_last", 0.0)  # long ago
+    monkeypatch.setattr(heap, "_last", -math.inf)  # long ago (monotonic time may start near 0)
     assert heap.then_trim(lambda a, b: a + b, 2, 3) == 5
     assert heap.then_trim(lambda: "again") == "again"
     assert calls == [0]  # the second job came within the interval
@@ -27,7 +29,7 @@ def test_then_trim_returns_the_jobs_result_and_trims_once_per_interval(
 def test_then_trim_trims_even_when_the_job_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(heap, "_trim", lambda pad: calls.append(pad) or 1)
-    monkeypatch.setattr(heap, "_last", 0.0)
+    monkeypatch.setattr(heap, "_last", -math.inf)
 
     def fail() -> None:
         raise RuntimeError("engine crashed")
@@ -45,7 +47,7 @@ def test_the_real_trim_returns_freed_heap(monkeypatch: pytest.MonkeyPatch) -> No
     keep = blocks[-1]
     del blocks
     before = rss_kib()
-    monkeypatch.setattr(heap, "_last", 0.0)
+    monkeypatch.setattr(heap, "_last", -math.inf)
     heap.trim_now_and_then()
     assert rss_kib() < before - 50_000, "malloc_trim gave nothing back"
     assert keep.sum() == 16_000

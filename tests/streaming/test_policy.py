@@ -15,6 +15,7 @@ from transcribe.streaming.policy import (
     join_words,
     normalize_text,
     normalize_word,
+    repeats_a_phrase,
 )
 
 
@@ -126,13 +127,26 @@ def test_normal_speech_is_not_a_hallucination():
 
 
 def test_no_speech_rule_needs_both_conditions():
-    assert is_hallucination(segment("thank you", no_speech_prob=0.9, avg_logprob=-1.5))
-    assert not is_hallucination(segment("thank you", no_speech_prob=0.9, avg_logprob=-0.5))  # confident text
-    assert not is_hallucination(segment("thank you", no_speech_prob=0.3, avg_logprob=-1.5))  # likely speech
+    # Whisper's own rule, on a text that is not one of the phantoms (those have a rule of their own).
+    assert is_hallucination(segment("see you there", no_speech_prob=0.9, avg_logprob=-1.5))
     assert not is_hallucination(
-        segment("thank you", no_speech_prob=0.6, avg_logprob=-1.5)
+        segment("see you there", no_speech_prob=0.9, avg_logprob=-0.5)
+    )  # confident text
+    assert not is_hallucination(
+        segment("see you there", no_speech_prob=0.3, avg_logprob=-1.5)
+    )  # likely speech
+    assert not is_hallucination(
+        segment("see you there", no_speech_prob=0.6, avg_logprob=-1.5)
     )  # bounds are strict
-    assert not is_hallucination(segment("thank you", no_speech_prob=0.9, avg_logprob=-1.0))
+    assert not is_hallucination(segment("see you there", no_speech_prob=0.9, avg_logprob=-1.0))
+
+
+def test_a_phantom_text_needs_less_evidence_of_silence():
+    # tiny.en after "Ask not!" over a 15 s window: a segment of its own, the aligner's "Thank" on
+    # the last speech frames, so the VAD check alone would keep it.
+    assert is_hallucination(segment("Thank you.", no_speech_prob=0.82, avg_logprob=-0.87))
+    assert not is_hallucination(segment("Thank you.", no_speech_prob=0.05, avg_logprob=-0.3))  # said
+    assert not is_hallucination(segment("Thank you all.", no_speech_prob=0.82, avg_logprob=-0.87))
 
 
 def test_compression_ratio_rule():
@@ -152,6 +166,32 @@ def test_repeated_words_rule_without_word_timestamps():
     assert seg.words == ()
     assert is_hallucination(seg)
     assert not is_hallucination(Segment(0.0, 3.0, "the end"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "he can do for you. He can do for you.",  # tiny.en over a 10 s window, jfk cut mid-phrase
+        "one tree can do for you one tree can do for you one tree can do for you",
+        "and then ask not what your country, what your country can do",  # inside the text
+    ],
+)
+def test_a_repeated_phrase_is_a_loop(text):
+    assert repeats_a_phrase(words(text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ask not what your country can do for you ask what you can do for your country",
+        "no no no",  # words, not a phrase: the repeated-words rule judges those
+        "that that is is that that is not is not that it it is",  # two-word repeats are speech
+        "the cat saw the dog and the cat saw it",  # a phrase again, but not in a row
+        "",
+    ],
+)
+def test_speech_is_not_a_loop(text):
+    assert not repeats_a_phrase(words(text))
 
 
 # -- collapsed and low-confidence words -----------------------------------------------------

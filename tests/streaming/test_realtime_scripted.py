@@ -25,7 +25,8 @@ from tests.conftest import load_wav
 from transcribe.engines.base import DecodeOptions, Segment, STTEngine, Transcription, Word
 from transcribe.exceptions import EngineError
 from transcribe.streaming import OptimizedRealtimeSTT, RealtimeSTT
-from transcribe.streaming.realtime import FINAL_ATTEMPTS, PAD
+from transcribe.streaming.realtime import FINAL_ATTEMPTS, PAD, PARTIAL_QUIET
+from transcribe.streaming.vad import FRAME
 
 SR = 16_000
 PAD_S = PAD / SR
@@ -302,6 +303,48 @@ async def test_a_final_rejected_over_a_short_window_is_decoded_again_over_30_s(j
     assert [f["text"] for f in of(events, "final")] == [f["text"] for f in of(full, "final")]
     finals = [c.encoder_seconds for c in engine.calls if c.beam_size > 1]
     assert finals and finals.count(10) == finals.count(None)  # each short decode was heard again
+
+
+class PhraseLoopEngine(ScriptedEngine):
+    """Over a short encoder window, a final says its words twice, as tiny.en did for jfk cut mid-phrase ("he can do for you. He can do for you."): a compression
+    ratio of ~1.2 passes Whisper's own rules."""
+
+    def transcribe_numpy(self, audio, language, options=None):
+        result = super().transcribe_numpy(audio, language, options)
+        if not (options is not None and options.encoder_seconds and options.beam_size > 1):
+            return result
+        (segment,) = result.segments
+        looped = segment.words + segment.words  # the copy aligned over the same speech
+        return Transcription((replace(segment, words=looped),), language="en", duration=result.duration)
+
+
+async def test_a_final_that_repeats_a_phrase_over_a_short_window_is_decoded_again_over_30_s(jfk):
+    engine = PhraseLoopEngine()
+    events = await stream(OptimizedRealtimeSTT(engine=engine, final_encoder_seconds=10), jfk)
+    full = await stream(OptimizedRealtimeSTT(engine=ScriptedEngine(), final_encoder_seconds=0), jfk)
+    assert [f["text"] for f in of(events, "final")] == [f["text"] for f in of(full, "final")]
+    finals = [c.encoder_seconds for c in engine.calls if c.beam_size > 1]
+    assert finals and finals.count(None) >= 1  # the loops were heard again over the full window
+
+
+class PauseWatchingSTT(OptimizedRealtimeSTT):
+    """Notes how long speech had been quiet each time a partial job was scheduled."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.quiet_at_partials: list[float] = []
+
+    def _partial_job(self, utt):  # called when the job is scheduled; the coroutine runs later
+        self.quiet_at_partials.append(self.endpointer.silent_frames * FRAME / SR)
+        return super()._partial_job(utt)
+
+
+async def test_no_partial_starts_once_speech_pauses(jfk):
+    """A partial in a pause hears nothing new and, one job at a time, would hold back the final."""
+    stt = PauseWatchingSTT(engine=ScriptedEngine())
+    events = await stream(stt, jfk)
+    assert len(of(events, "partial")) >= 4 and len(of(events, "final")) >= 3
+    assert stt.quiet_at_partials and max(stt.quiet_at_partials) < PARTIAL_QUIET / SR
 
 
 async def test_speculative_finals_are_used_not_decoded_twice(jfk):

@@ -37,9 +37,13 @@ SILENCE_PHANTOMS = frozenset(
 )
 
 NO_SPEECH_PROB = 0.6
+# A segment that is one of the phantom texts needs less evidence of silence: real "Thank you." scores
+# well under 0.1, the one Whisper appends after the last word 0.57-0.82 (tiny.en, 10-15 s windows).
+PHANTOM_NO_SPEECH_PROB = 0.4
 LOGPROB_FLOOR = -1.0
 COMPRESSION_RATIO = 2.4
 MAX_WORD_REPEATS = 4
+LOOP_PHRASE_WORDS = 3  # a phrase this long said twice in a row is a decoding loop, not speech
 COLLAPSED_WORD = 0.05  # seconds: shorter than any spoken word
 MIN_WORD_PROBABILITY = 0.25  # mean over a segment; real speech scores far higher
 
@@ -60,6 +64,8 @@ def is_hallucination(segment: Segment) -> bool:
         return True
     if segment.compression_ratio > COMPRESSION_RATIO:
         return True
+    if segment.no_speech_prob > PHANTOM_NO_SPEECH_PROB and normalize_text(segment.text) in SILENCE_PHANTOMS:
+        return True
     if segment.words:
         # Phantom sign-offs ("We'll see you in the next one.") come out squeezed into no time
         # at all by the aligner, or with very low word confidence.
@@ -74,6 +80,18 @@ def is_hallucination(segment: Segment) -> bool:
         run = run + 1 if current and current == previous else 1
         if run > MAX_WORD_REPEATS:
             return True
+    return False
+
+
+def repeats_a_phrase(words: list[Word]) -> bool:
+    """Whether some phrase of LOOP_PHRASE_WORDS or more words comes twice in a row ("he can do for
+    you. He can do for you."): Whisper re-reading its window, which a compression ratio of ~1.2
+    does not catch. People repeat a word or two, hardly ever a whole phrase verbatim."""
+    texts = [normalize_word(w.text) for w in words]
+    for n in range(LOOP_PHRASE_WORDS, len(texts) // 2 + 1):
+        for i in range(len(texts) - 2 * n + 1):
+            if texts[i : i + n] == texts[i + n : i + 2 * n]:
+                return True
     return False
 
 

@@ -28,7 +28,7 @@ from ..audio.decoder import PcmCallback, StreamingDecoder, make_decoder
 from ..conf import transcribe_settings
 from ..engines import DecodeOptions, STTEngine, Transcription, Word, get_engine
 from ..exceptions import DecodeError, EngineError, EngineUnavailableError
-from .policy import LocalAgreement, accepted_words, join_words
+from .policy import LocalAgreement, accepted_words, join_words, repeats_a_phrase
 from .scheduler import InferenceScheduler
 from .vad import FRAME, Endpointer, FrameHistory, StreamingVAD
 
@@ -42,6 +42,9 @@ EventCallback = Callable[[Event], Awaitable[None]]
 # after a pause came out as "like" with 0.2 s); at most half the closing silence is added at the end.
 PAD = int(0.3 * SAMPLE_RATE)
 PROMPT_CHARS = 200  # committed text given to Whisper as context
+# No partial is started this far into a pause: it would hear little new, and since a session runs
+# one job at a time it would hold back the speculative final or the final that is about to follow.
+PARTIAL_QUIET = int(0.1 * SAMPLE_RATE)
 WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
 # A final's decode is tried this often before its speech is reported as not transcribed: a failure
 # may be passing (a GPU out of memory, a worker that crashed), and a final is the text that lasts.
@@ -58,6 +61,7 @@ def max_tokens(seconds: float) -> int:
 class StreamingConfig:
     step: float = 0.5
     first_step: float = 0.3
+    partial_share: float = 0.5
     min_silence: float = 0.5
     max_utterance: float = 15.0
     soft_utterance: float = 8.0
@@ -68,7 +72,7 @@ class StreamingConfig:
     status_interval: float = 1.0
     use_prompt: bool = True
     partial_encoder_seconds: float = 10.0
-    final_encoder_seconds: float = 0.0
+    final_encoder_seconds: float = 15.0
     speculate_after: float = 0.25
 
     @classmethod
@@ -138,6 +142,7 @@ class OptimizedRealtimeSTT:
         self._speculated: tuple[tuple[int, int], list[Word]] | None = None
         self._job: asyncio.Task[None] | None = None
         self._final_running = False
+        self._partial_seconds = 0.0  # wall time of the last partial decode, queueing included
         self._reapers: set[asyncio.Future[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -326,9 +331,12 @@ class OptimizedRealtimeSTT:
             if utt is not None and utt.start == start and end <= self.buffer.end:
                 self._start_job(self._speculative_job(start, end))
                 return
-        if utt is None:
+        if utt is None or self.endpointer.silent_frames * FRAME >= PARTIAL_QUIET:
             return
-        step = self.cfg.step if utt.agreement.stable or utt.decoded_until > utt.start else self.cfg.first_step
+        if utt.decoded_until > utt.start:
+            step = max(self.cfg.step, self._partial_seconds / self.cfg.partial_share)
+        else:
+            step = self.cfg.first_step
         if self.buffer.end - utt.decoded_until >= step * SAMPLE_RATE:
             self._start_job(self._partial_job(utt))
 
@@ -360,12 +368,17 @@ class OptimizedRealtimeSTT:
         )
         result = await self._transcribe(audio, options)
         words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
-        if not words and not partial and options.encoder_seconds and any(s.text for s in result.segments):
-            # A short encoder window can make Whisper loop ("And so my fellow Americans. And so my
-            # fellow Americans."), which the guards drop whole: a final hears it again over 30 s.
+        if not partial and options.encoder_seconds and self._looped(result, words):
+            # A short encoder window can make Whisper loop ("he can do for you. He can do for you."),
+            # a final then hears it again over Whisper's full 30 s, as it was trained.
             result = await self._transcribe(audio, replace(options, encoder_seconds=None))
             words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
         return words
+
+    @staticmethod
+    def _looped(result: Transcription, words: list[Word]) -> bool:
+        """A repeated phrase, or text the guards dropped whole (a loop they caught)."""
+        return repeats_a_phrase(words) or (not words and any(s.text for s in result.segments))
 
     async def _transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> Transcription:
         try:
@@ -387,11 +400,14 @@ class OptimizedRealtimeSTT:
     async def _partial_job(self, utt: Utterance) -> None:
         end = self.buffer.end
         utt.decoded_until = end
+        started = time.perf_counter()
         try:
             words = await self._decode(utt.start, end, self.cfg.partial_beam_size, partial=True)
         except EngineError as exc:
             await self._emit({"type": "error", "code": "engine_error", "message": str(exc)})
             return
+        finally:
+            self._partial_seconds = time.perf_counter() - started
         self.transcribed_until = max(self.transcribed_until, end)
         if not words or self.closed:
             return

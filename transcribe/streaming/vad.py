@@ -109,6 +109,11 @@ class Endpointer:
                 events.append(EndpointEvent("end", (i + 1 - self._silence_run) * FRAME))
         return events
 
+    @property
+    def silent_frames(self) -> int:
+        """Frames of silence since speech last went quiet (0 while speaking or outside speech)."""
+        return self._silence_run if self.in_speech else 0
+
     def pause_start(self) -> int | None:
         """Sample where the current silence began, if speech has paused for ``pause`` already."""
         if self.in_speech and self.pause_frames and self._silence_run >= self.pause_frames:
