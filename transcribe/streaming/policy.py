@@ -62,8 +62,6 @@ def is_hallucination(segment: Segment) -> bool:
     """Whisper's own rules (silence decoded anyway, repetition loops) plus word-level signs."""
     if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR:
         return True
-    if segment.compression_ratio > COMPRESSION_RATIO:
-        return True
     if segment.no_speech_prob > PHANTOM_NO_SPEECH_PROB and normalize_text(segment.text) in SILENCE_PHANTOMS:
         return True
     if segment.words:
@@ -74,6 +72,13 @@ def is_hallucination(segment: Segment) -> bool:
             return True
         if sum(w.probability for w in segment.words) / len(segment.words) < MIN_WORD_PROBABILITY:
             return True
+    return is_loop(segment)
+
+
+def is_loop(segment: Segment) -> bool:
+    """Whisper decoding in circles: text that compresses too well, or one word again and again."""
+    if segment.compression_ratio > COMPRESSION_RATIO:
+        return True
     words = [normalize_word(w.text) for w in segment.words] or normalize_text(segment.text).split()
     run = 1
     for previous, current in zip(words, words[1:], strict=False):

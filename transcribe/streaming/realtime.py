@@ -28,7 +28,7 @@ from ..audio.decoder import PcmCallback, StreamingDecoder, make_decoder
 from ..conf import transcribe_settings
 from ..engines import DecodeOptions, STTEngine, Transcription, Word, get_engine
 from ..exceptions import DecodeError, EngineError, EngineUnavailableError
-from .policy import LocalAgreement, accepted_words, join_words, repeats_a_phrase
+from .policy import LocalAgreement, accepted_words, is_loop, join_words, repeats_a_phrase
 from .scheduler import InferenceScheduler
 from .vad import FRAME, Endpointer, FrameHistory, StreamingVAD
 
@@ -86,6 +86,7 @@ class Utterance:
     start: int  # absolute sample where speech started (before padding)
     agreement: LocalAgreement = field(default_factory=LocalAgreement)
     decoded_until: int = 0  # buffer end covered by the last partial decode
+    shown: bool = False  # a partial of it has been sent
 
 
 @dataclass
@@ -333,10 +334,10 @@ class OptimizedRealtimeSTT:
                 return
         if utt is None or self.endpointer.silent_frames * FRAME >= PARTIAL_QUIET:
             return
-        if utt.decoded_until > utt.start:
+        if utt.shown:
             step = max(self.cfg.step, self._partial_seconds / self.cfg.partial_share)
-        else:
-            step = self.cfg.first_step
+        else:  # nothing shown yet (the first decode may hear too little): try again soon
+            step = max(self.cfg.first_step, self._partial_seconds if utt.decoded_until > utt.start else 0)
         if self.buffer.end - utt.decoded_until >= step * SAMPLE_RATE:
             self._start_job(self._partial_job(utt))
 
@@ -377,8 +378,8 @@ class OptimizedRealtimeSTT:
 
     @staticmethod
     def _looped(result: Transcription, words: list[Word]) -> bool:
-        """A repeated phrase, or text the guards dropped whole (a loop they caught)."""
-        return repeats_a_phrase(words) or (not words and any(s.text for s in result.segments))
+        """A segment going in circles (the guards dropped it), or a phrase said twice."""
+        return any(is_loop(s) for s in result.segments) or repeats_a_phrase(words)
 
     async def _transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> Transcription:
         try:
@@ -414,6 +415,7 @@ class OptimizedRealtimeSTT:
         # Even if the utterance ended meanwhile, its final comes only after this job: the partial
         # still shows the user text sooner, and the final then replaces it.
         stable, unstable = utt.agreement.update(words)
+        utt.shown = True
         await self._emit(
             {
                 "type": "partial",
