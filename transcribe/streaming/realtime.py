@@ -45,7 +45,8 @@ PROMPT_CHARS = 200  # committed text given to Whisper as context
 # No partial is started this far into a pause: it would hear little new, and since a session runs
 # one job at a time it would hold back the speculative final or the final that is about to follow.
 PARTIAL_QUIET = int(0.1 * SAMPLE_RATE)
-WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
+WORD_MARGIN = int(0.1 * SAMPLE_RATE)
+LOOP_SLACK = 1.0  # seconds: words ending this close to a final's end have heard all of its speech  # slack around word timestamps when checking them against the VAD
 # A final's decode is tried this often before its speech is reported as not transcribed: a failure
 # may be passing (a GPU out of memory, a worker that crashed), and a final is the text that lasts.
 FINAL_ATTEMPTS = 3
@@ -369,17 +370,22 @@ class OptimizedRealtimeSTT:
         )
         result = await self._transcribe(audio, options)
         words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
-        if not partial and options.encoder_seconds and self._looped(result, words):
+        if not partial and options.encoder_seconds and self._looped(result, words, end):
             # A short encoder window can make Whisper loop ("he can do for you. He can do for you."),
             # a final then hears it again over Whisper's full 30 s, as it was trained.
             result = await self._transcribe(audio, replace(options, encoder_seconds=None))
             words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
         return words
 
-    @staticmethod
-    def _looped(result: Transcription, words: list[Word]) -> bool:
-        """A segment going in circles (the guards dropped it), or a phrase said twice."""
-        return any(is_loop(s) for s in result.segments) or repeats_a_phrase(words)
+    def _looped(self, result: Transcription, words: list[Word], end: int) -> bool:
+        """A phrase said twice, or a segment going in circles (the guards dropped it) in place of
+        speech. Whisper's loops run to the end of the window: one that starts after the last words
+        ("Thank you for watching, and I'll see you in the next video, and I'll see you ...") has
+        cost nothing but the trailing silence."""
+        if repeats_a_phrase(words):
+            return True
+        reached_the_end = bool(words) and words[-1].end >= self._t(end) - LOOP_SLACK
+        return not reached_the_end and any(is_loop(s) for s in result.segments)
 
     async def _transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> Transcription:
         try:
