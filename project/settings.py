@@ -127,9 +127,9 @@ TRANSCRIBE = {
     # "local", or "channels": inference on `manage.py runworker transcribe-inference` processes.
     "INFERENCE": os.environ.get("TRANSCRIBE_INFERENCE", "local"),
     "INFERENCE_TIMEOUT": float(os.environ.get("TRANSCRIBE_INFERENCE_TIMEOUT", "20")),
-    # Inference calls at once, and the CPU threads each may use (0: the cores shared out). See the
-    # WORKERS comment in transcribe/conf.py before raising it.
-    "WORKERS": int(os.environ.get("TRANSCRIBE_WORKERS", "1")),
+    # Inference calls at once, and the CPU threads each may use (0: the cores shared out); see the
+    # WORKERS comment in transcribe/conf.py.
+    "WORKERS": int(os.environ.get("TRANSCRIBE_WORKERS", "2")),
     "CPU_THREADS": int(os.environ.get("TRANSCRIBE_CPU_THREADS", "0")),
 }
 

