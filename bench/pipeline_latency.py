@@ -1,6 +1,6 @@
 """Latency and CPU of the streaming pipeline at real time, one configuration against another.
 
-    python bench/pipeline_latency.py [--speed 1] [--clips jfk.wav,...] [--verbose]
+    python bench/pipeline_latency.py [--speed 1] [--clips jfk.wav,...] [--baseline key=value,...] [--verbose]
 
 Replays the speech clips of ../shared/audio through ``OptimizedRealtimeSTT`` in this process (no
 socket), once with the baseline configuration (partials and finals encoded over Whisper's full
@@ -84,8 +84,17 @@ def main() -> None:
     parser.add_argument(
         "--clips", default="jfk.wav,librispeech_1272-128104-0000.wav,librispeech_2412-153948-0000.wav"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE,...",
+        help="compare against the defaults with these overrides instead of the seed-like baseline, "
+        "to measure one lever (e.g. partial_share=1 or final_encoder_seconds=0)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    if args.baseline:
+        pairs = (item.split("=", 1) for item in args.baseline.split(","))
+        CONFIGS["baseline"] = {key.strip(): json.loads(value) for key, value in pairs}  # 5 → int
     refs = {k: v["text"] for k, v in json.loads((AUDIO / "refs.json").read_text()).items()}
     clips = args.clips.split(",")
     get_engine()  # load once, outside the timings

@@ -103,8 +103,11 @@ DEFAULTS: dict[str, Any] = {
     "PARTIAL_SHARE": 0.5,
     "MIN_SILENCE": 0.5,
     "MAX_UTTERANCE": 15.0,
-    # Past SOFT_UTTERANCE seconds, a shorter pause (SOFT_SILENCE) already ends the utterance.
-    "SOFT_UTTERANCE": 8.0,
+    # Past SOFT_UTTERANCE seconds, a shorter pause (SOFT_SILENCE) already ends the utterance: a long
+    # reading then ends at its next sentence break rather than running on, and its final (a decode of
+    # the whole utterance) comes sooner and costs less. 4 s against 8 s: the same corpus WER, final
+    # p95 1.46-1.66 s against 1.62-2.05 s; 3 s began to cut inside sentences.
+    "SOFT_UTTERANCE": 4.0,
     "SOFT_SILENCE": 0.2,
     # Silero speech probability above which a 32 ms frame counts as speech.
     "VAD_THRESHOLD": 0.5,

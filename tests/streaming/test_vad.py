@@ -123,7 +123,7 @@ def test_frame_counts_from_seconds():
     assert ep.min_speech_frames == 3  # 0.1 s / 32 ms
     assert ep.min_silence_frames == 16  # 0.5 s
     assert ep.soft_silence_frames == 6  # 0.2 s
-    assert ep.soft_utterance_frames == 250  # 8 s
+    assert ep.soft_utterance_frames == 125  # 4 s
     assert ep.off_threshold == pytest.approx(0.35)
 
 
@@ -171,7 +171,7 @@ def test_custom_parameters():
 
 
 def test_soft_end_in_a_long_utterance():
-    ep = Endpointer()
+    ep = Endpointer(soft_utterance=8.0)  # 250 frames
     # short utterance: a 6-frame pause (0.19 s) does not end it
     assert [e.kind for e in ep.update(probs((HI, 100), (LO, 6), (HI, 10)))] == ["start"]
     assert ep.in_speech
@@ -181,7 +181,7 @@ def test_soft_end_in_a_long_utterance():
 
 
 def test_soft_end_counts_from_speech_start():
-    ep = Endpointer()
+    ep = Endpointer(soft_utterance=8.0)  # 250 frames
     ep.update(probs((LO, 1000), (HI, 200)))  # a long silence before does not make it "long"
     assert ep.in_speech and ep.speech_start == 1000
     assert ep.update(probs((LO, 6))) == []  # 200 frames of speech: still needs the full 16
@@ -189,7 +189,7 @@ def test_soft_end_counts_from_speech_start():
 
 
 def test_restart_resets_the_long_utterance_clock():
-    ep = Endpointer()
+    ep = Endpointer(soft_utterance=8.0)  # 250 frames
     ep.update(probs((HI, 300)))
     ep.restart(290)  # a forced cut at frame 290: a new utterance starts there
     assert ep.speech_start == 290 and ep.in_speech

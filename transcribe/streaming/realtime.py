@@ -65,7 +65,7 @@ class StreamingConfig:
     partial_share: float = 0.5
     min_silence: float = 0.5
     max_utterance: float = 15.0
-    soft_utterance: float = 8.0
+    soft_utterance: float = 4.0
     soft_silence: float = 0.2
     vad_threshold: float = 0.5
     beam_size: int = 5

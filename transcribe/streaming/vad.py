@@ -64,7 +64,7 @@ class Endpointer:
         self,
         threshold: float = 0.5,
         min_silence: float = 0.5,
-        soft_utterance: float = 8.0,
+        soft_utterance: float = 4.0,
         soft_silence: float = 0.2,
         min_speech: float = 0.1,
         pause: float = 0.0,
