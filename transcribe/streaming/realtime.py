@@ -45,8 +45,8 @@ PROMPT_CHARS = 200  # committed text given to Whisper as context
 # No partial is started this far into a pause: it would hear little new, and since a session runs
 # one job at a time it would hold back the speculative final or the final that is about to follow.
 PARTIAL_QUIET = int(0.1 * SAMPLE_RATE)
-WORD_MARGIN = int(0.1 * SAMPLE_RATE)
-LOOP_SLACK = 1.0  # seconds: words ending this close to a final's end have heard all of its speech  # slack around word timestamps when checking them against the VAD
+WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
+LOOP_SLACK = 1.0  # seconds: words ending this close to a final's end have heard all of its speech
 # A final's decode is tried this often before its speech is reported as not transcribed: a failure
 # may be passing (a GPU out of memory, a worker that crashed), and a final is the text that lasts.
 FINAL_ATTEMPTS = 3
