@@ -47,6 +47,7 @@ PROMPT_CHARS = 200  # committed text given to Whisper as context
 PARTIAL_QUIET = int(0.1 * SAMPLE_RATE)
 WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
 LOOP_SLACK = 1.0  # seconds: words ending this close to a final's end have heard all of its speech
+CUT_IN = 4 * FRAME  # an utterance starting this close to the stream's start was already under way
 # A final's decode is tried this often before its speech is reported as not transcribed: a failure
 # may be passing (a GPU out of memory, a worker that crashed), and a final is the text that lasts.
 FINAL_ATTEMPTS = 3
@@ -366,7 +367,7 @@ class OptimizedRealtimeSTT:
             word_timestamps=True,
             prompt=self.committed_text[-PROMPT_CHARS:] if self.cfg.use_prompt else None,
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
-            encoder_seconds=self.cfg.partial_encoder_seconds if partial else self.cfg.final_encoder_seconds,
+            encoder_seconds=self._encoder_seconds(start, end, partial),
         )
         result = await self._transcribe(audio, options)
         words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
@@ -376,6 +377,17 @@ class OptimizedRealtimeSTT:
             result = await self._transcribe(audio, replace(options, encoder_seconds=None))
             words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
         return words
+
+    def _encoder_seconds(self, start: int, end: int, partial: bool) -> float:
+        if partial:
+            return self.cfg.partial_encoder_seconds
+        # Audio cut mid-word (speech already under way when the stream started, as after a resume,
+        # or still going where the final ends: a finalize or a dropped connection mid-sentence) is
+        # where a short window misheard or looped most ("one tree can do for you"): such a final
+        # gets Whisper's full window, as it was trained.
+        cut_in = start < CUT_IN
+        cut_out = self.history.peak(end - 2 * FRAME, end) >= self.endpointer.off_threshold
+        return 0.0 if cut_in or cut_out else self.cfg.final_encoder_seconds
 
     def _looped(self, result: Transcription, words: list[Word], end: int) -> bool:
         """A phrase said twice, or a segment going in circles (the guards dropped it) in place of
