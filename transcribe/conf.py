@@ -118,8 +118,8 @@ DEFAULTS: dict[str, Any] = {
     # instead of Whisper's 30 s; 0: the full window. Encoding 10 s costs about a quarter of 30 s on
     # tiny.en; partials are slightly rougher. Finals take 15 s: over 10 s, audio that begins
     # mid-word (a resumed session) made Whisper loop ("he can do for you. He can do for you.").
-    # A final that repeats a phrase anyway is decoded again over 30 s, and one cut mid-word (at the
-    # start of a stream, or by a finalize or a dropped connection) is decoded over 30 s at once.
+    # A final that repeats a phrase anyway is decoded again over 30 s, and speech already under way
+    # when a stream starts (a resumed session) is decoded over 30 s at once.
     "PARTIAL_ENCODER_SECONDS": 10.0,
     "FINAL_ENCODER_SECONDS": 15.0,
     # After this much silence inside an utterance, decode it as if it had ended; if the silence

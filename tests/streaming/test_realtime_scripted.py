@@ -332,16 +332,6 @@ async def test_speech_under_way_when_the_stream_starts_gets_the_full_window(jfk)
     assert not windows[0] and windows[-1] == 15
 
 
-async def test_a_final_cut_mid_phrase_gets_the_full_window(jfk):
-    """A finalize (or a dropped connection) mid-phrase ends the final inside a word."""
-    engine = ScriptedEngine()
-    stt = OptimizedRealtimeSTT(engine=engine, final_encoder_seconds=15, speculate_after=0)
-    await feed(stt, jfk[: int(1.8 * SR) * 2])  # "And so my fel-"
-    await stt.flush()
-    windows = [c.encoder_seconds for c in engine.calls if c.beam_size > 1]
-    assert len(of(stt.events, "final")) == 1 and windows == [0.0]
-
-
 class PauseWatchingSTT(OptimizedRealtimeSTT):
     """Notes how long speech had been quiet each time a partial job was scheduled."""
 

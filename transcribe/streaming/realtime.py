@@ -367,7 +367,7 @@ class OptimizedRealtimeSTT:
             word_timestamps=True,
             prompt=self.committed_text[-PROMPT_CHARS:] if self.cfg.use_prompt else None,
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
-            encoder_seconds=self._encoder_seconds(start, end, partial),
+            encoder_seconds=self._encoder_seconds(start, partial),
         )
         result = await self._transcribe(audio, options)
         words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
@@ -378,16 +378,13 @@ class OptimizedRealtimeSTT:
             words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
         return words
 
-    def _encoder_seconds(self, start: int, end: int, partial: bool) -> float:
+    def _encoder_seconds(self, start: int, partial: bool) -> float:
         if partial:
             return self.cfg.partial_encoder_seconds
-        # Audio cut mid-word (speech already under way when the stream started, as after a resume,
-        # or still going where the final ends: a finalize or a dropped connection mid-sentence) is
-        # where a short window misheard or looped most ("one tree can do for you"): such a final
-        # gets Whisper's full window, as it was trained.
-        cut_in = start < CUT_IN
-        cut_out = self.history.peak(end - 2 * FRAME, end) >= self.endpointer.off_threshold
-        return 0.0 if cut_in or cut_out else self.cfg.final_encoder_seconds
+        # Speech under way when the stream started (a resumed session) begins mid-word, where a short
+        # window misheard or looped most ("one tree can do for you"): that final gets Whisper's full
+        # window, as it was trained.
+        return 0.0 if start < CUT_IN else self.cfg.final_encoder_seconds
 
     def _looped(self, result: Transcription, words: list[Word], end: int) -> bool:
         """A phrase said twice, or a segment going in circles (the guards dropped it) in place of
