@@ -177,17 +177,19 @@ def test_active_sessions_are_read_from_the_consumers() -> None:
 def test_queue_depth_counts_jobs_waiting_for_the_executor() -> None:
     from transcribe.streaming.executor import get_executor
 
-    executor = get_executor()  # WORKERS = 1
-    running, release = threading.Event(), threading.Event()
+    executor = get_executor()
+    workers = executor._max_workers  # every thread busy, so the next jobs wait
+    started, release = threading.Semaphore(0), threading.Event()
 
     def job() -> None:
-        running.set()
+        started.release()
         release.wait(10)
 
-    futures = [executor.submit(job)]
-    assert running.wait(10)
-    futures += [executor.submit(job), executor.submit(job)]
+    futures = [executor.submit(job) for _ in range(workers)]
     try:
+        for _ in range(workers):
+            assert started.acquire(timeout=10)
+        futures += [executor.submit(job), executor.submit(job)]
         assert sample("transcribe_inference_queue_depth") == 2
     finally:
         release.set()
