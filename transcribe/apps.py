@@ -12,3 +12,6 @@ class TranscribeConfig(AppConfig):
     def ready(self) -> None:
         # Registration only: engines and weights load lazily on the first session.
         from . import checks, signals  # noqa: F401
+        from .heap import tune_allocator
+
+        tune_allocator()  # before the threads that would each get an arena of their own

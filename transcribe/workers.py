@@ -20,7 +20,7 @@ from channels.worker import Worker
 
 from .engines import get_engine
 from .streaming.executor import get_executor
-from .streaming.heap import then_trim
+from .heap import then_trim
 from .streaming.remote import (
     INFERENCE_CHANNEL,
     JOB_TYPE,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import metrics
 from .executor import get_executor
-from .heap import then_trim
+from ..heap import then_trim
 
 if TYPE_CHECKING:
     import numpy as np

@@ -5,12 +5,18 @@ what is freed for reuse: a server streaming for an hour grew by about 95 MiB/hou
 memory that was free but never returned (``malloc_trim`` gave back ~50 MiB at once; Python's own
 allocations did not grow). Trimming after an inference job, at most every ``TRIM_INTERVAL`` seconds,
 keeps a long-running server flat; it costs a few milliseconds on the inference thread.
+
+glibc also gives every thread that allocates while another holds the lock an arena of its own, up
+to 8 per core, and each keeps its own free memory: daphne's, asgiref's, the executor's, CTranslate2's
+and onnxruntime's threads. ``tune_allocator`` caps them at ``ARENA_MAX`` when the app starts, before
+those threads exist (``bench/memory.py`` measures both against glibc's defaults).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,19 +25,32 @@ from typing import TypeVar
 T = TypeVar("T")
 
 TRIM_INTERVAL = 30.0  # seconds
+ARENA_MAX = 2
+M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+# Set in the environment, these are the operator's choice (or a benchmark's baseline): left alone.
+MALLOC_ENVIRONMENT = ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
 
 
-def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """glibc's malloc_trim, or None elsewhere (musl, macOS): then there is nothing to do."""
+def _glibc(name: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """A glibc function, or None elsewhere (musl, macOS): then there is nothing to do."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
 
 
-_trim = _malloc_trim()
+_trim = _glibc("malloc_trim")
+_mallopt = _glibc("mallopt")
 _lock = threading.Lock()
 _last = time.monotonic()
+
+
+def tune_allocator() -> bool:
+    """Cap glibc's arenas at ARENA_MAX for this process; True when done. Arenas made before the call
+    stay, so it runs when the app starts (``TranscribeConfig.ready``)."""
+    if _mallopt is None or any(name in os.environ for name in MALLOC_ENVIRONMENT):
+        return False
+    return bool(_mallopt(M_ARENA_MAX, ARENA_MAX))
 
 
 def trim_now_and_then() -> None:
