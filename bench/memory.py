@@ -32,18 +32,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h  # noqa: E402
 
 CONFIGS = ("baseline", "ours")
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def child(config: str, rounds: int, calls: int) -> dict[str, Any]:
@@ -53,15 +48,13 @@ def child(config: str, rounds: int, calls: int) -> dict[str, Any]:
 
     django.setup()  # the app's ready() tunes the allocator unless MALLOC_* says otherwise
 
-    import _harness as h
-
-    from transcribe.engines import DecodeOptions, get_engine
     from transcribe import heap
+    from transcribe.engines import DecodeOptions, get_engine
     from transcribe.streaming.executor import get_executor
 
     if config == "baseline":
         heap.TRIM_INTERVAL = float("inf")
-    audio = __import__("numpy").concatenate([h.read_float(c) for c in h.speech_clips()])
+    audio = np.concatenate([h.read_float(c) for c in h.speech_clips()])
     engine, executor = get_engine(), get_executor()
     rng = random.Random(0)  # the same calls, in the same order, for every configuration
 
@@ -76,6 +69,7 @@ def child(config: str, rounds: int, calls: int) -> dict[str, Any]:
         window = audio[start : start + int(seconds * h.SAMPLE_RATE)]
         return executor.submit(heap.then_trim, engine.transcribe_numpy, window, "en", options)
 
+    process = h.ProcessTree(os.getpid())
     samples, busy = [], 0.0
     for _ in range(rounds):
         started = time.perf_counter()
@@ -87,7 +81,7 @@ def child(config: str, rounds: int, calls: int) -> dict[str, Any]:
         for future in in_flight:
             future.result()
         busy += time.perf_counter() - started
-        samples.append(round(rss_mib(), 1))
+        samples.append(round(process.rss_mib(), 1))
     xs = [calls * (i + 1) for i in range(1, rounds)]
     growth = h.slope(xs, samples[1:])
     return {
@@ -122,7 +116,16 @@ def main() -> None:
         if config == "baseline":
             env["MALLOC_ARENA_MAX"] = str(8 * (os.cpu_count() or 1))  # glibc's default on 64-bit
         out = subprocess.run(
-            [sys.executable, __file__, "--child", config, "--rounds", str(args.rounds), "--calls", str(args.calls)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                config,
+                "--rounds",
+                str(args.rounds),
+                "--calls",
+                str(args.calls),
+            ],
             env=env,
             capture_output=True,
             text=True,
@@ -131,8 +134,6 @@ def main() -> None:
         if out.returncode != 0:
             raise SystemExit(f"{config} failed:\n{out.stderr[-3000:]}")
         results[config] = json.loads(out.stdout.strip().splitlines()[-1])
-
-    import _harness as h
 
     base, ours = results["baseline"], results["ours"]
     report = {
@@ -147,7 +148,14 @@ def main() -> None:
     }
     if args.verbose:
         rows = [{"config": config, **r} for config, r in results.items()]
-        columns = ["config", "rss_first_mib", "rss_last_mib", "rss_max_mib", "growth_mib_per_100_calls", "seconds_per_call"]
+        columns = [
+            "config",
+            "rss_first_mib",
+            "rss_last_mib",
+            "rss_max_mib",
+            "growth_mib_per_100_calls",
+            "seconds_per_call",
+        ]
         print(h.table(rows, columns), file=sys.stderr)
         for config, r in results.items():
             print(f"{config} RSS by round: {r['rss_mib']}", file=sys.stderr)
@@ -155,5 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,10 +80,6 @@ ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on st
 
 
 def arenas_in_a_fresh_process(env: dict[str, str]) -> int:
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = subprocess.run(
         [sys.executable, "-c", ARENAS_AFTER_THREADS],
         cwd=Path(__file__).resolve().parent.parent,
@@ -94,8 +94,6 @@ def arenas_in_a_fresh_process(env: dict[str, str]) -> int:
 
 @pytest.mark.skipif(heap._mallopt is None, reason="not glibc")
 def test_the_app_caps_glibc_arenas_unless_the_environment_chose() -> None:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k not in heap.MALLOC_ENVIRONMENT}
     tuned = arenas_in_a_fresh_process(env)
     assert 1 <= tuned <= heap.ARENA_MAX

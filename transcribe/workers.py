@@ -19,8 +19,8 @@ from channels.consumer import AsyncConsumer
 from channels.worker import Worker
 
 from .engines import get_engine
-from .streaming.executor import get_executor
 from .heap import then_trim
+from .streaming.executor import get_executor
 from .streaming.remote import (
     INFERENCE_CHANNEL,
     JOB_TYPE,

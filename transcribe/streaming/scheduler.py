@@ -14,8 +14,8 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import metrics
-from .executor import get_executor
 from ..heap import then_trim
+from .executor import get_executor
 
 if TYPE_CHECKING:
     import numpy as np
