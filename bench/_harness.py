@@ -53,13 +53,20 @@ BYTES_PER_SECOND = 2 * SAMPLE_RATE  # pcm_s16le mono
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The product's streaming knobs that the seed-like baseline turns off (as bench/pipeline_latency.py
 # does): partials and finals encoded over Whisper's full 30 s window, no speculative finals at pauses,
-# partials every STEP whatever they cost.
+# partials every STEP whatever they cost, numpy's BLAS with its default threads.
 BASELINE_OVERRIDES: dict[str, Any] = {
     "PARTIAL_ENCODER_SECONDS": 0.0,
     "FINAL_ENCODER_SECONDS": 0.0,
     "SPECULATE_AFTER": 0.0,
     "PARTIAL_SHARE": 1.0,
+    "BLAS_THREADS": 0,
 }
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``KEY=VALUE,...`` of TRANSCRIBE settings (values as JSON: 0 → int, 0.5 → float)."""
+    pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+    return {key.strip().upper(): json.loads(value) for key, value in pairs}
 
 
 def exit_on_sigterm() -> None:

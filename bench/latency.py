@@ -1,6 +1,6 @@
 """End-to-end latency, lag, CPU and memory through the real server, at real time.
 
-    python bench/latency.py [--clips a.wav,b.wav] [--chunk-ms 250] [--verbose] [--smoke]
+    python bench/latency.py [--clips a.wav,b.wav] [--chunk-ms 250] [--baseline KEY=VALUE,...] [--verbose] [--smoke]
     python bench/latency.py --soak 60 [--verbose]
 
 Starts daphne on a free localhost port with the demo project's settings (DJANGO_DEBUG=0, a temporary
@@ -178,9 +178,16 @@ def main() -> None:
     parser.add_argument("--chunk-ms", type=float, default=250.0, help="audio per frame (100-250 ms)")
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="one long session instead (ours only)")
     parser.add_argument("--smoke", action="store_true", help="one short clip only, a quick check")
+    parser.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE,...",
+        help="TRANSCRIBE overrides for the baseline instead of the seed-like ones, to measure one lever "
+        "against the shipped defaults (e.g. BLAS_THREADS=0)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     h.exit_on_sigterm()
+    baseline = h.parse_overrides(args.baseline) if args.baseline else h.BASELINE_OVERRIDES
     clips = args.clips.split(",") if args.clips else h.speech_clips()
     if args.smoke:
         clips = [h.speech_clips()[0]]
@@ -209,7 +216,7 @@ def main() -> None:
     audio_s = sum(h.program([c]).duration for c in clips)
     results: dict[str, dict[str, Any]] = {}
     with h.deadline(2 * (audio_s * 1.5 + 240), "latency"), h.Site() as site:
-        for name, overrides in (("baseline", h.BASELINE_OVERRIDES), ("ours", {})):
+        for name, overrides in (("baseline", baseline), ("ours", {})):
             results[name] = asyncio.run(run_config(site, name, overrides, clips, args.chunk_ms))
     base, ours = results["baseline"], results["ours"]
     keys = [
@@ -238,7 +245,7 @@ def main() -> None:
             "speed": 1.0,
             "chunk_ms": args.chunk_ms,
             "clips": clips,
-            "baseline_overrides": h.BASELINE_OVERRIDES,
+            "baseline_overrides": baseline,
             **results,
             "ratio_baseline_over_ours": ratios,
             "targets": targets,

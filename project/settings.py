@@ -131,6 +131,7 @@ TRANSCRIBE = {
     # WORKERS comment in transcribe/conf.py.
     "WORKERS": int(os.environ.get("TRANSCRIBE_WORKERS", "2")),
     "CPU_THREADS": int(os.environ.get("TRANSCRIBE_CPU_THREADS", "0")),
+    "BLAS_THREADS": int(os.environ.get("TRANSCRIBE_BLAS_THREADS", "1")),
 }
 
 LOGGING = {

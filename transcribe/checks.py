@@ -23,6 +23,7 @@ from .conf import DEFAULTS
 RANGES: dict[str, tuple[float, float]] = {
     "WORKERS": (1, 64),
     "CPU_THREADS": (0, 256),
+    "BLAS_THREADS": (0, 256),
     "MAX_SESSIONS": (1, 100_000),
     "MAX_SESSION_SECONDS": (1, 7 * 24 * 3600),
     "MAX_FRAME_BYTES": (1024, 64 * 1024 * 1024),

@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     "COMPUTE_TYPE": "default",
     # Threads one inference call may use; 0: the cores shared out among the WORKERS.
     "CPU_THREADS": 0,
+    # Threads of numpy's BLAS (0: its default, one per core). Its only work here is tiny, and its
+    # idle threads spin: one thread saved a third of the server's CPU on 2 cores (transcribe/threads.py).
+    "BLAS_THREADS": 1,
     # Default language of a session when the client does not say; None: detect (multilingual only).
     "LANGUAGE": "en",
     # Inference calls at once: threads of the dedicated executor (jobs of all sessions share it),
@@ -95,8 +98,10 @@ DEFAULTS: dict[str, Any] = {
     # Streaming policy (seconds unless said): re-decode the utterance every STEP of new audio,
     # end an utterance after MIN_SILENCE of silence, cut one at MAX_UTTERANCE.
     "STEP": 0.5,
-    # The first partial of an utterance comes after FIRST_STEP of speech, so text shows up early.
-    "FIRST_STEP": 0.3,
+    # The first partial of an utterance comes after FIRST_STEP of speech, so text shows up early. A
+    # first decode often hears too little and returns nothing; at 0.25 s (one 250 ms frame) the retry
+    # follows a frame later, not two (0.3 s): the slowest first partials came 0.25 s sooner.
+    "FIRST_STEP": 0.25,
     # Partials may keep a session's inference busy this share of the time at most: when one takes
     # longer than STEP * PARTIAL_SHARE (a slow CPU, a queue behind other sessions), the next waits
     # for proportionally more audio, so the step adapts to the load and finals are not held back.

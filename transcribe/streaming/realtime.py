@@ -62,7 +62,7 @@ def max_tokens(seconds: float) -> int:
 @dataclass(frozen=True)
 class StreamingConfig:
     step: float = 0.5
-    first_step: float = 0.3
+    first_step: float = 0.25
     partial_share: float = 0.5
     min_silence: float = 0.5
     max_utterance: float = 15.0
