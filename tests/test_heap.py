@@ -105,9 +105,17 @@ def test_the_app_caps_glibc_arenas_unless_the_environment_chose() -> None:
 def test_tune_allocator_stands_aside_when_malloc_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(heap, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
+    monkeypatch.delenv("MKL_DISABLE_FAST_MM", raising=False)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert heap.tune_allocator() is False
+    assert "MKL_DISABLE_FAST_MM" not in os.environ  # MKL's buffer cache left on as well
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert heap.tune_allocator() is True
     assert calls == [(heap.M_ARENA_MAX, heap.ARENA_MAX)]
+    assert os.environ["MKL_DISABLE_FAST_MM"] == "1"
+
+
+def test_the_app_turned_mkls_buffer_cache_off_before_the_engine_loaded() -> None:
+    # Set by TranscribeConfig.ready(), before CTranslate2 (and its MKL) first allocated.
+    assert os.environ.get("MKL_DISABLE_FAST_MM") == "1" or any(k in os.environ for k in heap.MALLOC_ENVIRONMENT)

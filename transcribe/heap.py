@@ -10,6 +10,10 @@ glibc also gives every thread that allocates while another holds the lock an are
 to 8 per core, and each keeps its own free memory: daphne's, asgiref's, the executor's, CTranslate2's
 and onnxruntime's threads. ``tune_allocator`` caps them at ``ARENA_MAX`` when the app starts, before
 those threads exist (``bench/memory.py`` measures both against glibc's defaults).
+
+CTranslate2's x86 build links Intel MKL, whose own memory manager keeps every buffer it freed for
+reuse, per thread: ``tune_allocator`` turns it off too (``MKL_DISABLE_FAST_MM``), before the engine
+loads.
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ _last = time.monotonic()
 
 
 def tune_allocator() -> bool:
-    """Cap glibc's arenas at ARENA_MAX for this process; True when done. Arenas made before the call
-    stay, so it runs when the app starts (``TranscribeConfig.ready``)."""
+    """Cap glibc's arenas at ARENA_MAX for this process and turn MKL's buffer cache off; True when
+    done. Arenas made before the call stay, and MKL reads its variable when it first allocates, so
+    this runs when the app starts (``TranscribeConfig.ready``)."""
     if _mallopt is None or any(name in os.environ for name in MALLOC_ENVIRONMENT):
         return False
+    os.environ.setdefault("MKL_DISABLE_FAST_MM", "1")  # MKL takes any value as "off"
     return bool(_mallopt(M_ARENA_MAX, ARENA_MAX))
 
 
