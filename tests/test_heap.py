@@ -118,4 +118,6 @@ def test_tune_allocator_stands_aside_when_malloc_is_configured(monkeypatch: pyte
 
 def test_the_app_turned_mkls_buffer_cache_off_before_the_engine_loaded() -> None:
     # Set by TranscribeConfig.ready(), before CTranslate2 (and its MKL) first allocated.
-    assert os.environ.get("MKL_DISABLE_FAST_MM") == "1" or any(k in os.environ for k in heap.MALLOC_ENVIRONMENT)
+    assert os.environ.get("MKL_DISABLE_FAST_MM") == "1" or any(
+        k in os.environ for k in heap.MALLOC_ENVIRONMENT
+    )
