@@ -8,7 +8,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from transcribe.conf import transcribe_settings
-from transcribe.threads import limit_blas_threads
+from transcribe.threads import THREAD_ENVIRONMENT, limit_blas_threads
 
 
 def blas_threads() -> set[int]:
@@ -22,7 +22,7 @@ def restore_the_default():
 
 
 @pytest.mark.skipif(
-    any(v in os.environ for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")),
+    any(name in os.environ for name in THREAD_ENVIRONMENT),
     reason="the environment sets a thread count, which the app leaves alone",
 )
 def test_the_app_capped_blas_when_it_started():
@@ -35,7 +35,7 @@ def test_another_cap_applies_at_once():
     assert blas_threads() == {2}
 
 
-@pytest.mark.parametrize("variable", ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"])
+@pytest.mark.parametrize("variable", THREAD_ENVIRONMENT)
 def test_a_thread_count_in_the_environment_is_left_alone(monkeypatch, variable):
     limit_blas_threads(2)
     monkeypatch.setenv(variable, "4")

@@ -18,17 +18,16 @@ logger = logging.getLogger(__name__)
 # Set in the environment, these are the operator's choice: left alone.
 THREAD_ENVIRONMENT = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-_limiter: object | None = None  # threadpoolctl's limits hold only while this object lives
-
 
 def limit_blas_threads(threads: int) -> bool:
     """Cap the BLAS libraries loaded in this process at ``threads`` (0: leave them); True when done."""
-    global _limiter
     if threads <= 0 or any(name in os.environ for name in THREAD_ENVIRONMENT):
         return False
     import numpy  # noqa: F401  (loads the BLAS that threadpoolctl then finds)
     from threadpoolctl import threadpool_limits
 
-    _limiter = threadpool_limits(limits=threads, user_api="blas")
+    # Called once, not as a context manager: the limit stays. numpy's OpenBLAS (pthreads build) has
+    # one pool for the process, so the cap set here also holds on the inference threads.
+    threadpool_limits(limits=threads, user_api="blas")
     logger.debug("BLAS limited to %d thread(s)", threads)
     return True
