@@ -7,11 +7,13 @@ import pytest
 from transcribe.engines.base import Segment, Transcription, Word
 from transcribe.streaming.policy import (
     COLLAPSED_WORD,
+    ECHO_PROBABILITY,
     MIN_WORD_PROBABILITY,
     SILENCE_PHANTOMS,
     LocalAgreement,
     accepted_words,
     is_hallucination,
+    is_trailing_echo,
     join_words,
     normalize_text,
     normalize_word,
@@ -267,3 +269,45 @@ def test_accepted_words_drop_empty_words_and_collapsed_segments():
 
 def test_accepted_words_of_nothing():
     assert accepted_words(result(), 0.0) == []
+
+
+# -- trailing echoes --------------------------------------------------------------------------
+
+
+def with_last(text: str, last: str, p: float) -> list[Word]:
+    ws = words(text)
+    return [*ws, Word(ws[-1].end, ws[-1].end + 0.14, " " + last, p)]
+
+
+@pytest.mark.parametrize(
+    ("text", "last"),
+    [
+        ("the Gutenberg Bible of about 1455.", "5."),  # tiny.en at a soft endpoint, p=0.32
+        ("the true printed book.", "Book."),
+        ("from the Netherlands", "lands"),
+    ],
+)
+def test_a_low_confidence_tail_of_the_word_before_is_an_echo(text, last):
+    echoed = with_last(text, last, ECHO_PROBABILITY - 0.2)
+    assert is_trailing_echo(echoed)
+    r = result(Segment(0.0, echoed[-1].end, "", tuple(echoed)))
+    assert texts(accepted_words(r, 0.0)) == text.split()
+
+
+def test_a_confident_repetition_is_speech():
+    said_twice = with_last("and I said no,", "no.", ECHO_PROBABILITY + 0.3)
+    assert not is_trailing_echo(said_twice)
+    assert texts(accepted_words(result(Segment(0.0, 2.0, "", tuple(said_twice))), 0.0))[-2:] == ["no,", "no."]
+
+
+@pytest.mark.parametrize(
+    "ws",
+    [
+        with_last("about 1455", "six", 0.1),  # unsure, but not the word before
+        [Word(0.0, 0.14, " 5.", 0.1)],  # a single word has nothing before it
+        with_last("printed", "book", 0.1),  # a different word that happens to be unsure
+        [*words("a golden fortune"), Word(1.2, 1.3, " ", 0.1)],  # no text to compare
+    ],
+)
+def test_other_last_words_are_not_echoes(ws):
+    assert not is_trailing_echo(ws)
