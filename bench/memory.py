@@ -1,4 +1,4 @@
-"""Resident memory over many inference calls: glibc's defaults against the server's heap settings.
+"""Resident memory over many inference calls: glibc's and oneDNN's defaults against the server's.
 
     python bench/memory.py [--rounds 15] [--calls 40] [--verbose] [--smoke]
 
@@ -11,12 +11,16 @@ flight, the product's ``then_trim`` around each), and reads the process's RSS af
 Each configuration runs in a fresh interpreter, one after the other:
 
 - baseline: glibc's own allocator settings (``MALLOC_ARENA_MAX`` set to glibc's default, 8 per core,
-  which also makes ``transcribe.heap.tune_allocator`` stand aside) and no ``malloc_trim``;
-- ours: the shipped settings (``tune_allocator`` at app start, trims after jobs).
+  which also makes ``transcribe.heap.tune_allocator`` stand aside), no ``malloc_trim`` and oneDNN's
+  primitive cache at its default size;
+- uncapped: the shipped settings but oneDNN's primitive cache at its own default size (1024,
+  ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, which makes ``transcribe.heap.cap_primitive_cache`` stand aside);
+- ours: the shipped settings (``tune_allocator`` and ``cap_primitive_cache`` at app start, trims
+  after jobs).
 
 Prints one JSON line: per configuration the RSS after the first and the last round, the growth per
 100 calls after the first round (least squares), and the seconds per call (the settings must not
-cost inference time); ratios are baseline / ours.
+cost inference time); ratios are baseline / ours and uncapped / ours.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # noqa: E402
 
-CONFIGS = ("baseline", "ours")
+from transcribe.heap import PRIMITIVE_CACHE_ENVIRONMENT  # noqa: E402
+
+CONFIGS = ("baseline", "uncapped", "ours")
+ONEDNN_DEFAULT_CAPACITY = "1024"
 
 
 def child(config: str, rounds: int, calls: int) -> dict[str, Any]:
@@ -113,8 +120,12 @@ def main() -> None:
         env = {**os.environ}
         for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
             env.pop(key, None)
+        for key in PRIMITIVE_CACHE_ENVIRONMENT:
+            env.pop(key, None)
         if config == "baseline":
             env["MALLOC_ARENA_MAX"] = str(8 * (os.cpu_count() or 1))  # glibc's default on 64-bit
+        if config in ("baseline", "uncapped"):
+            env[PRIMITIVE_CACHE_ENVIRONMENT[0]] = ONEDNN_DEFAULT_CAPACITY
         out = subprocess.run(
             [
                 sys.executable,
@@ -135,16 +146,21 @@ def main() -> None:
             raise SystemExit(f"{config} failed:\n{out.stderr[-3000:]}")
         results[config] = json.loads(out.stdout.strip().splitlines()[-1])
 
-    base, ours = results["baseline"], results["ours"]
+    base, uncapped, ours = results["baseline"], results["uncapped"], results["ours"]
+
+    def ratios(other: dict[str, Any]) -> dict[str, float | None]:
+        return {
+            "rss_last": h.ratio(other["rss_last_mib"], ours["rss_last_mib"]),
+            "growth": h.ratio(other["growth_mib_per_100_calls"], ours["growth_mib_per_100_calls"]),
+            "seconds_per_call": h.ratio(other["seconds_per_call"], ours["seconds_per_call"]),
+        }
+
     report = {
         "bench": "memory",
         "calls": args.rounds * args.calls,
         **{config: {k: v for k, v in r.items() if k != "rss_mib"} for config, r in results.items()},
-        "ratios": {
-            "rss_last": h.ratio(base["rss_last_mib"], ours["rss_last_mib"]),
-            "growth": h.ratio(base["growth_mib_per_100_calls"], ours["growth_mib_per_100_calls"]),
-            "seconds_per_call": h.ratio(base["seconds_per_call"], ours["seconds_per_call"]),
-        },
+        "ratios": ratios(base),
+        "ratios_uncapped": ratios(uncapped),
     }
     if args.verbose:
         rows = [{"config": config, **r} for config, r in results.items()]

@@ -122,3 +122,57 @@ def test_tune_allocator_stands_aside_when_malloc_is_configured(monkeypatch: pyte
 )
 def test_the_app_turned_mkls_buffer_cache_off_when_it_started() -> None:
     assert os.environ.get("MKL_DISABLE_FAST_MM") == "1"  # set by TranscribeConfig.ready()
+
+
+# -- oneDNN's primitive cache -------------------------------------------------------------------
+
+ENCODE_LENGTHS = """
+import os, sys
+import numpy as np
+sys.path.insert(0, os.getcwd())
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+import django
+django.setup()  # the app's ready() caps oneDNN's cache
+from transcribe.engines import get_engine
+model = get_engine().model
+# One length, a dozen others (each compiles a few primitives), then the first length again.
+for frames in (1000, *range(1100, 2300, 100), 1000):
+    model.encode(np.zeros((80, frames), dtype=np.float32))
+"""
+
+
+def convolutions_found_compiled(env: dict[str, str]) -> int:
+    """Encoder convolutions oneDNN took from its cache, in a fresh process (its verbose log)."""
+    out = subprocess.run(
+        [sys.executable, "-c", ENCODE_LENGTHS],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**env, "ONEDNN_VERBOSE": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    creations = [line for line in out.stdout.splitlines() if ",convolution," in line and "create:" in line]
+    assert creations, f"no oneDNN convolutions in the log:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    return sum("create:cache_hit" in line for line in creations)
+
+
+def test_the_app_caps_onednns_primitive_cache_unless_the_environment_sizes_it() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in heap.PRIMITIVE_CACHE_ENVIRONMENT}
+    # Capped, the first length's convolutions were dropped for the later lengths': compiled again.
+    assert convolutions_found_compiled(env) == 0
+    # The operator's size wins: here oneDNN's own default, which keeps every length.
+    assert convolutions_found_compiled({**env, "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}) > 0
+
+
+def test_cap_primitive_cache_stands_aside_when_the_environment_sizes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in heap.PRIMITIVE_CACHE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "8")  # oneDNN's older name counts too
+    assert heap.cap_primitive_cache() is False
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    monkeypatch.delenv("DNNL_PRIMITIVE_CACHE_CAPACITY")
+    assert heap.cap_primitive_cache() is True
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(heap.PRIMITIVE_CACHE_CAPACITY)

@@ -13,8 +13,9 @@ class TranscribeConfig(AppConfig):
         # Registration only: engines and weights load lazily on the first session.
         from . import checks, signals  # noqa: F401
         from .conf import transcribe_settings
-        from .heap import tune_allocator
+        from .heap import cap_primitive_cache, tune_allocator
         from .threads import limit_blas_threads
 
         tune_allocator()  # before the threads that would each get an arena of their own
+        cap_primitive_cache()  # before the engine compiles its first window
         limit_blas_threads(int(transcribe_settings.BLAS_THREADS))
