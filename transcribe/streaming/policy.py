@@ -47,7 +47,7 @@ LOOP_PHRASE_WORDS = 3  # a phrase this long said twice in a row is a decoding lo
 COLLAPSED_WORD = 0.05  # seconds: shorter than any spoken word
 MIN_WORD_PROBABILITY = 0.25  # mean over a segment; real speech scores far higher
 # A window that ends just after a word can make Whisper hear that word's tail again as one more
-# word ("about 1455. 5.", p=0.32 on tiny.en): real words at the end of speech score far higher.
+# word ("about 1455. 5.", p=0.32 on tiny.en); a word someone said twice scores far higher.
 ECHO_PROBABILITY = 0.5
 
 _non_word = re.compile(r"[^\w']+")
