@@ -118,9 +118,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     for config in CONFIGS:
         env = {**os.environ}
-        for key in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
-            env.pop(key, None)
-        for key in PRIMITIVE_CACHE_ENVIRONMENT:
+        malloc = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+        for key in (*malloc, *PRIMITIVE_CACHE_ENVIRONMENT):
             env.pop(key, None)
         if config == "baseline":
             env["MALLOC_ARENA_MAX"] = str(8 * (os.cpu_count() or 1))  # glibc's default on 64-bit
