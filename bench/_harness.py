@@ -579,22 +579,26 @@ def measure(result: StreamResult, chunk_ms: float, speed: float) -> SessionMetri
     )
     m.errors = [str(e.get("code")) for e in result.errors]
     pending: float | None = None
+    onset = 0.0  # session second at which the current utterance started
     timed = speed > 0  # at full speed there is no wall clock to measure against
     for event in result.events:
         kind, t = event.get("type"), event.get("t")
         if t is None or not timed and kind != "final":
             continue
         if kind == "speech_started":
-            pending = sent_at(float(event["at"]), chunk_ms, speed, frames)
+            onset = float(event["at"])
+            pending = sent_at(onset, chunk_ms, speed, frames)
             m.utterances += 1
-        elif kind == "partial" and pending is not None:
+        elif kind == "partial" and pending is not None and float(event["end"]) > onset:
+            # (a partial ending before the onset is the previous utterance's last one)
             m.first_partials.append(t - pending)
             pending = None
         elif kind == "final":
             if timed and not event.get("recovered"):
                 m.finals.append(t - sent_at(float(event["end"]), chunk_ms, speed, frames))
             m.final_seqs.append((int(event["seq"]), str(event["text"])))
-            pending = None  # an utterance that ended before any partial has no first-partial latency
+            if float(event["end"]) > onset:  # not the previous utterance's, decoded after this onset
+                pending = None  # an utterance that ended before any partial has no first-partial latency
         elif kind == "status":
             m.lag.append((t, float(event["lag_ms"])))
     return m

@@ -130,6 +130,10 @@ DEFAULTS: dict[str, Any] = {
     # After this much silence inside an utterance, decode it as if it had ended; if the silence
     # reaches MIN_SILENCE, that final is sent at once. 0: off (finals start after MIN_SILENCE).
     "SPECULATE_AFTER": 0.25,
+    # A partial decode that loops ("Printing. Printing. Printing." from 0.8 s of speech in a 10 s
+    # window) still shows the words it heard before the loop, instead of nothing until the next
+    # decode; finals never keep any of a loop. First partial p50 ~1.3x sooner (bench/RESULTS.md).
+    "SALVAGE_PARTIALS": True,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
     # Seconds between ``status`` events.

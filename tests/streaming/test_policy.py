@@ -12,6 +12,8 @@ from transcribe.streaming.policy import (
     SILENCE_PHANTOMS,
     LocalAgreement,
     accepted_words,
+    first_repetition,
+    heard_prefix,
     is_hallucination,
     is_trailing_echo,
     join_words,
@@ -311,3 +313,47 @@ def test_a_confident_repetition_is_speech():
 )
 def test_other_last_words_are_not_echoes(ws):
     assert not is_trailing_echo(ws)
+
+
+# -- salvaging a partial's loop ---------------------------------------------------------------
+
+
+def squeezed(text: str, at: float) -> list[Word]:
+    return [Word(at, at, " " + w, 0.9) for w in text.split()]
+
+
+def test_a_partial_keeps_what_a_loop_heard_before_it_repeated():
+    """tiny.en given 0.8 s of speech in a 10 s window: "Printing. Printing. Printing. Printing."
+    with every copy after the first squeezed into no time at 0.36-0.74 s."""
+    looped = Segment(0.0, 0.74, "", (*words("Printing."), *squeezed("Printing. Printing. Printing.", 0.36)))
+    assert is_hallucination(looped)
+    assert accepted_words(result(looped), 1.0) == []  # a final never keeps any of it
+    kept = accepted_words(result(looped), 1.0, salvage=True)
+    assert texts(kept) == ["Printing."]
+    assert kept[0].start == pytest.approx(1.0)
+
+
+def test_salvage_stops_at_a_phrase_said_again():
+    # "Differs from both. Differs from both." with real durations: cut where the phrase comes back.
+    loop = Segment(0.0, 2.4, "", tuple(words("Differs from both. Differs from both.")), compression_ratio=3.0)
+    assert texts(accepted_words(result(loop), 0.0, salvage=True)) == ["Differs", "from", "both."]
+    assert first_repetition(["no", "no"]) == 1
+    assert first_repetition(["a", "b", "c"]) == 3
+    assert first_repetition([]) == 0
+
+
+def test_salvage_keeps_nothing_of_silence_phantoms_or_low_confidence():
+    silent = Segment(
+        0.0, 1.0, "", tuple(words("see you there see you there")), no_speech_prob=0.9, avg_logprob=-1.5
+    )
+    phantom = Segment(0.0, 1.0, "", (*words("Thank you."), *squeezed("Thank you.", 0.7)))
+    unsure = Segment(0.0, 1.0, "", tuple(words("Ask what?", p=MIN_WORD_PROBABILITY - 0.1)))
+    only_squeezed = Segment(0.0, 0.0, "", tuple(squeezed("We'll see you", 0.0)))
+    for seg in (silent, phantom, unsure, only_squeezed):
+        assert heard_prefix(seg) == []
+        assert accepted_words(result(seg), 0.0, salvage=True) == []
+
+
+def test_salvage_leaves_segments_that_pass_the_guards_alone():
+    said = segment("no no no no")  # four in a row is speech: kept whole, not cut at the repetition
+    assert texts(accepted_words(result(said), 0.0, salvage=True)) == ["no", "no", "no", "no"]

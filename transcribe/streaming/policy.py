@@ -112,9 +112,43 @@ def is_trailing_echo(words: list[Word]) -> bool:
     return bool(last) and before.endswith(last)
 
 
-def accepted_words(result: Transcription, offset: float) -> list[Word]:
-    """Words of the segments that pass the guards, shifted to session time; [] for a phantom."""
-    words = [w.shifted(offset) for s in result.segments if not is_hallucination(s) for w in s.words]
+def first_repetition(texts: list[str]) -> int:
+    """Index where a word or phrase starts to be said again right after itself (len if never)."""
+    for j in range(1, len(texts)):
+        for n in range(1, min(j, len(texts) - j) + 1):
+            if texts[j : j + n] == texts[j - n : j]:
+                return j
+    return len(texts)
+
+
+def heard_prefix(segment: Segment) -> list[Word]:
+    """What a looping segment heard before it went in circles, for a partial. Given half a second
+    of speech in a 10 s window, Whisper often hears it right and then repeats it ("Printing.
+    Printing. Printing.") or trails off into words squeezed into no time; the words before the
+    first squeezed one and the first repetition were aligned to real audio. [] for a segment of
+    silence or of words with too little confidence."""
+    if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR:
+        return []
+    aligned: list[Word] = []
+    for word in segment.words:
+        if word.end - word.start < COLLAPSED_WORD:
+            break
+        aligned.append(word)
+    words = aligned[: first_repetition([normalize_word(w.text) for w in aligned])]
+    if not words or sum(w.probability for w in words) / len(words) < MIN_WORD_PROBABILITY:
+        return []
+    return [] if normalize_text(" ".join(w.text for w in words)) in SILENCE_PHANTOMS else words
+
+
+def accepted_words(result: Transcription, offset: float, *, salvage: bool = False) -> list[Word]:
+    """Words of the segments that pass the guards, shifted to session time; [] for a phantom.
+    With ``salvage`` (partials: shown sooner, replaced by the final) a segment that fails them
+    still gives its ``heard_prefix``."""
+    words = [
+        w.shifted(offset)
+        for s in result.segments
+        for w in (s.words if not is_hallucination(s) else heard_prefix(s) if salvage else ())
+    ]
     words = [w for w in words if w.text.strip()]
     if normalize_text(" ".join(w.text for w in words)) in SILENCE_PHANTOMS:
         return []

@@ -76,6 +76,7 @@ class StreamingConfig:
     partial_encoder_seconds: float = 10.0
     final_encoder_seconds: float = 15.0
     speculate_after: float = 0.25
+    salvage_partials: bool = True
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> StreamingConfig:
@@ -370,7 +371,11 @@ class OptimizedRealtimeSTT:
             encoder_seconds=self._encoder_seconds(start, partial),
         )
         result = await self._transcribe(audio, options)
-        words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
+        words = [
+            w
+            for w in accepted_words(result, self._t(begin), salvage=partial and self.cfg.salvage_partials)
+            if self._is_voiced(w)
+        ]
         if not partial and options.encoder_seconds and self._looped(result, words, end):
             # A short encoder window can make Whisper loop ("he can do for you. He can do for you."),
             # a final then hears it again over Whisper's full 30 s, as it was trained.

@@ -82,7 +82,10 @@ async def replay(
         report.events.append(event)
         if timed and event["type"] == "speech_started":
             speech_start = event["at"]
-        elif timed and event["type"] == "partial" and speech_start is not None:
+        elif (
+            timed and event["type"] == "partial" and speech_start is not None and event["end"] > speech_start
+        ):
+            # (a partial that ends before the onset is the previous utterance's last one)
             report.first_partial_latencies.append(now - fed_at(speech_start))
             speech_start = None
         elif timed and event["type"] == "final":
