@@ -51,7 +51,9 @@ DEFAULTS: dict[str, Any] = {
     # went from 7.4 s to 4.6 s, and one session used 16% less CPU (bench/concurrency.py), for ~35 MiB
     # more memory (each worker has its own buffers).
     "WORKERS": 2,
-    # Concurrent streaming sessions on this process; one more is closed with 4429.
+    # Concurrent streaming sessions on this process; one more is closed with 4429. What keeps up
+    # on 2 cores with tiny.en (bench/concurrency.py): 8 on an AVX-512 Intel Xeon, 4 on an AVX2-only
+    # AMD EPYC, where 8 fall behind (final p95 4.2 s) but lose nothing. Measure yours.
     "MAX_SESSIONS": 8,
     # Longest session, in seconds of audio; the stream is finalized and closed past it.
     "MAX_SESSION_SECONDS": 4 * 3600,
