@@ -134,7 +134,8 @@ DEFAULTS: dict[str, Any] = {
     "SPECULATE_AFTER": 0.25,
     # A partial decode that loops ("Printing. Printing. Printing." from 0.8 s of speech in a 10 s
     # window) still shows the words it heard before the loop, instead of nothing until the next
-    # decode; finals never keep any of a loop. First partial p50 ~1.3x sooner (bench/RESULTS.md).
+    # decode; finals never keep any of a loop. First partial p50 1.3x sooner in-process, 1.04x
+    # through the server, where many first partials wait for the previous final (bench/RESULTS.md).
     "SALVAGE_PARTIALS": True,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
