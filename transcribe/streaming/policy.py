@@ -61,9 +61,19 @@ def normalize_text(text: str) -> str:
     return " ".join(_non_word.sub(" ", text.lower()).split())
 
 
+def is_silence(segment: Segment) -> bool:
+    """Whisper's own rule: a segment it thinks is no speech, decoded anyway with low confidence."""
+    return segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR
+
+
+def is_unsure(words: tuple[Word, ...] | list[Word]) -> bool:
+    """Mean word confidence too low for speech (phantom sign-offs score far lower than words said)."""
+    return sum(w.probability for w in words) / len(words) < MIN_WORD_PROBABILITY
+
+
 def is_hallucination(segment: Segment) -> bool:
     """Whisper's own rules (silence decoded anyway, repetition loops) plus word-level signs."""
-    if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR:
+    if is_silence(segment):
         return True
     if segment.no_speech_prob > PHANTOM_NO_SPEECH_PROB and normalize_text(segment.text) in SILENCE_PHANTOMS:
         return True
@@ -73,7 +83,7 @@ def is_hallucination(segment: Segment) -> bool:
         collapsed = sum(w.end - w.start < COLLAPSED_WORD for w in segment.words)
         if len(segment.words) >= 2 and collapsed * 2 >= len(segment.words):
             return True
-        if sum(w.probability for w in segment.words) / len(segment.words) < MIN_WORD_PROBABILITY:
+        if is_unsure(segment.words):
             return True
     return is_loop(segment)
 
@@ -127,7 +137,7 @@ def heard_prefix(segment: Segment) -> list[Word]:
     Printing. Printing.") or trails off into words squeezed into no time; the words before the
     first squeezed one and the first repetition were aligned to real audio. [] for a segment of
     silence or of words with too little confidence."""
-    if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOGPROB_FLOOR:
+    if is_silence(segment):
         return []
     aligned: list[Word] = []
     for word in segment.words:
@@ -135,7 +145,7 @@ def heard_prefix(segment: Segment) -> list[Word]:
             break
         aligned.append(word)
     words = aligned[: first_repetition([normalize_word(w.text) for w in aligned])]
-    if not words or sum(w.probability for w in words) / len(words) < MIN_WORD_PROBABILITY:
+    if not words or is_unsure(words):
         return []
     return [] if normalize_text(" ".join(w.text for w in words)) in SILENCE_PHANTOMS else words
 
@@ -144,12 +154,13 @@ def accepted_words(result: Transcription, offset: float, *, salvage: bool = Fals
     """Words of the segments that pass the guards, shifted to session time; [] for a phantom.
     With ``salvage`` (partials: shown sooner, replaced by the final) a segment that fails them
     still gives its ``heard_prefix``."""
-    words = [
-        w.shifted(offset)
-        for s in result.segments
-        for w in (s.words if not is_hallucination(s) else heard_prefix(s) if salvage else ())
-    ]
-    words = [w for w in words if w.text.strip()]
+
+    def kept(segment: Segment) -> tuple[Word, ...] | list[Word]:
+        if not is_hallucination(segment):
+            return segment.words
+        return heard_prefix(segment) if salvage else ()
+
+    words = [w.shifted(offset) for s in result.segments for w in kept(s) if w.text.strip()]
     if normalize_text(" ".join(w.text for w in words)) in SILENCE_PHANTOMS:
         return []
     return words[:-1] if is_trailing_echo(words) else words
