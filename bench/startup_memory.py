@@ -54,6 +54,8 @@ def child(config: str) -> dict[str, Any]:
     StreamingVAD().process(speech)
     for _ in range(3):  # RSS settles after the first few decodes (the first alone is bimodal)
         get_engine().transcribe_numpy(speech, "en", DecodeOptions(beam_size=5, word_timestamps=True))
+    # Read here rather than through _harness.ProcessTree: importing the harness (and the client it
+    # imports) into the measured process would add to what is measured.
     maps = Path("/proc/self/maps").read_text()
     status = Path("/proc/self/status").read_text().splitlines()
     rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
