@@ -1,7 +1,7 @@
 """N simultaneous real-time sessions against one real server: latency, lag, CPU, memory, capacity.
 
     python bench/concurrency.py [--levels 1,2,4,8,16] [--clips a.wav,b.wav] [--max-sessions 32]
-                                [--verbose] [--smoke]
+                                [--baseline KEY=VALUE,...] [--verbose] [--smoke]
 
 Starts one daphne on a free localhost port (demo project settings, DJANGO_DEBUG=0, a temporary SQLite
 file, MAX_SESSIONS raised to ``--max-sessions`` so that the levels measure the pipeline, not the
@@ -21,6 +21,10 @@ that N (none when not even N=1 keeps up). The baseline is N=1 of the same run: r
 p95(N) / p95(1). Levels after one whose sessions timed out are skipped (each would only be worse);
 ``--keep-going`` runs them anyway. Each session is a different user (MAX_SESSIONS_PER_USER is a
 separate limit). ``other_load_cores`` is the CPU that other processes of the box used meanwhile.
+
+``--baseline KEY=VALUE,...`` measures one lever: a second server with those ``TRANSCRIBE`` overrides
+runs every level too, just before ours (the two alternate level by level, so both see the box in the
+same state), and each level gets ``ratio_baseline_over_ours`` of final p50/p95 and first partial p50.
 
 Prints one JSON line; ``--verbose`` adds a table on stderr.
 """
@@ -115,27 +119,42 @@ async def run_level(
 
 async def run(
     args: argparse.Namespace, site: h.Site, levels: list[int], audio: h.Program
-) -> list[dict[str, Any]]:
-    server = site.server("concurrency", {"MAX_SESSIONS": args.max_sessions})
-    rows = []
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of ours and of the baseline (empty without ``--baseline``), level by level."""
+    limit = {"MAX_SESSIONS": args.max_sessions}
+    servers = {"ours": site.server("concurrency", limit)}
+    if args.baseline:
+        servers = {"baseline": site.server("baseline", {**args.baseline, **limit}), **servers}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     tokens = site.tokens(max(levels))  # one user per session: MAX_SESSIONS_PER_USER is not the limit measured
+    problems: list[str] = []
     try:
-        await h.warm_up(server)
-        await server.wait_idle(timeout=30)
+        for server in servers.values():
+            await h.warm_up(server)
+            await server.wait_idle(timeout=30)
         for n in levels:
-            row = await run_level(site, server, n, audio, args.stagger, args.seed, tokens)
-            rows.append(row)
-            if args.verbose:
-                print(f"N={n}: " + " ".join(f"{k}={v}" for k, v in row.items() if k != "n"), file=sys.stderr)
-            if row["timed_out"] and not args.keep_going:
-                rows += [{"n": m, "skipped": f"N={n} timed out"} for m in levels[levels.index(n) + 1 :]]
+            for name, server in servers.items():
+                row = await run_level(site, server, n, audio, args.stagger, args.seed, tokens)
+                rows[name].append(row)
+                if args.verbose:
+                    print(
+                        f"{name} N={n}: " + " ".join(f"{k}={v}" for k, v in row.items() if k != "n"),
+                        file=sys.stderr,
+                    )
+            if rows["ours"][-1]["timed_out"] and not args.keep_going:
+                for name in rows:
+                    rows[name] += [
+                        {"n": m, "skipped": f"N={n} timed out"} for m in levels[levels.index(n) + 1 :]
+                    ]
                 break
-        problems = server.log_problems()
+        for server in servers.values():
+            problems += server.log_problems()
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     if problems:
-        rows.append({"server_log_problems": problems[-8:], "server_log_problem_lines": len(problems)})
-    return rows
+        rows["ours"].append({"server_log_problems": problems[-8:], "server_log_problem_lines": len(problems)})
+    return rows["ours"], rows.get("baseline", [])
 
 
 def main() -> None:
@@ -148,6 +167,11 @@ def main() -> None:
     parser.add_argument("--stagger", type=float, default=2.0, help="sessions start within this many seconds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-going", action="store_true", help="run the levels after one that timed out")
+    parser.add_argument(
+        "--baseline",
+        type=h.parse_overrides,
+        help="TRANSCRIBE overrides of a baseline server measured at every level beside ours",
+    )
     parser.add_argument("--smoke", action="store_true", help="levels 1,2 with one short clip")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -161,13 +185,19 @@ def main() -> None:
     # Per level: the stream, the stagger, up to 90 s waiting for `closed` and 180 s of drain.
     budget = 120 + len(levels) * (audio.duration + args.stagger + 300)
     with h.deadline(budget, "concurrency"), h.Site() as site:
-        rows = asyncio.run(run(args, site, levels, audio))
+        rows, baseline_rows = asyncio.run(run(args, site, levels, audio))
     extra = rows.pop() if rows and "server_log_problems" in rows[-1] else {}
     measured = [r for r in rows if "skipped" not in r]
     base = measured[0]
     for row in measured:
         row["ratio_final_p95_over_n1"] = h.ratio(row["final_p95_ms"], base["final_p95_ms"])
         row["ratio_cpu_over_n1"] = h.ratio(row["cpu_s_per_audio_s"], base["cpu_s_per_audio_s"])
+    for row, theirs in zip(measured, baseline_rows, strict=False):  # no baseline: no rows
+        if "skipped" not in theirs:
+            row["ratio_baseline_over_ours"] = {
+                key: h.ratio(theirs[key], row[key])
+                for key in ("final_p50_ms", "final_p95_ms", "first_partial_p50_ms")
+            }
     capacity = 0
     for row in measured:
         if not row["keeps_up"] or row["rejected_4429"]:
@@ -181,6 +211,9 @@ def main() -> None:
             "errors", "lost_finals", "server_cores", "other_load_cores", "keeps_up",
         ]  # fmt: skip
         print(h.table(measured, columns), file=sys.stderr)
+        if baseline_rows:
+            print(f"baseline {args.baseline}:", file=sys.stderr)
+            print(h.table([r for r in baseline_rows if "skipped" not in r], columns[:-1]), file=sys.stderr)
     h.emit(
         {
             "bench": "concurrency",
@@ -189,6 +222,11 @@ def main() -> None:
             "session_audio_s": round(audio.duration, 1),
             "max_sessions": args.max_sessions,
             "levels": rows,
+            **(
+                {"baseline_overrides": args.baseline, "baseline_levels": baseline_rows}
+                if args.baseline
+                else {}
+            ),
             "capacity": capacity,
             # every level kept up: the capacity is at least the largest level run
             "capacity_is_lower_bound": bool(measured)
