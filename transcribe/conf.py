@@ -137,6 +137,11 @@ DEFAULTS: dict[str, Any] = {
     # decode; finals never keep any of a loop. First partial p50 1.3x sooner in-process, 1.04x
     # through the server, where many first partials wait for the previous final (bench/RESULTS.md).
     "SALVAGE_PARTIALS": True,
+    # When a decode's words end before its audio does, Whisper decodes the rest as one more window,
+    # at the cost of another whole decode; mostly it is the silence after the last word, where it
+    # hears "Thank you." that the guards then drop. On: that window is decoded only if the VAD
+    # heard at least 0.4 s of speech after the last word (transcribe/engines/faster.py).
+    "SKIP_SILENT_WINDOWS": True,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
     # Seconds between ``status`` events.

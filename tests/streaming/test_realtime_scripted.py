@@ -41,6 +41,7 @@ class Call:
     beam_size: int
     prompt: str | None
     encoder_seconds: float | None = None
+    speech_until: float | None = None
 
 
 class ScriptedEngine:
@@ -76,7 +77,9 @@ class ScriptedEngine:
         assert audio.dtype == np.float32 and audio.ndim == 1
         opts = options or DecodeOptions()
         n = len(self.calls)
-        self.calls.append(Call(len(audio) / SR, opts.beam_size, opts.prompt, opts.encoder_seconds))
+        self.calls.append(
+            Call(len(audio) / SR, opts.beam_size, opts.prompt, opts.encoder_seconds, opts.speech_until)
+        )
         self.started.set()
         if self.gate is not None:
             self.gate.wait(10)
@@ -342,6 +345,19 @@ class PauseWatchingSTT(OptimizedRealtimeSTT):
     def _partial_job(self, utt):  # called when the job is scheduled; the coroutine runs later
         self.quiet_at_partials.append(self.endpointer.silent_frames * FRAME / SR)
         return super()._partial_job(utt)
+
+
+async def test_decodes_say_where_the_vad_last_heard_speech(jfk):
+    engine = ScriptedEngine()
+    await stream(OptimizedRealtimeSTT(engine=engine), jfk)
+    finals = [c for c in engine.calls if c.beam_size > 1]
+    assert finals and all(c.speech_until is not None for c in engine.calls)
+    for c in finals:  # speech ends inside the window, before the padding into the silence after it
+        assert PAD_S < c.speech_until <= c.seconds
+    assert any(c.speech_until < c.seconds - 0.1 for c in finals)
+    unbounded = ScriptedEngine()
+    await stream(OptimizedRealtimeSTT(engine=unbounded, skip_silent_windows=False), jfk)
+    assert unbounded.calls and all(c.speech_until is None for c in unbounded.calls)
 
 
 async def test_no_partial_starts_once_speech_pauses(jfk):

@@ -86,6 +86,10 @@ class DecodeOptions:
     # window: the encoder costs in proportion, but text is a little less reliable (see
     # OptimizedRealtimeSTT._decode for how finals guard against it).
     encoder_seconds: float | None = None
+    # Seconds into the audio after which the caller knows there is no speech (its VAD), or None.
+    # Whisper decodes a window and, when its words end before the audio does, decodes the rest as
+    # a window of its own: an engine may skip that when no speech is left after its last word.
+    speech_until: float | None = None
     # Called with each segment as soon as it is decoded (progress of long files); optional.
     on_segment: Callable[[Segment], None] | None = None
     extra: dict[str, object] = field(default_factory=dict)

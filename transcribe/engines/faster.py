@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ logger = logging.getLogger(__name__)
 
 FRAMES_PER_SECOND = 100  # Whisper's mel frames
 FULL_WINDOW = 30.0
+# Whisper's window after the first is decoded only if this much speech is left after the last
+# word heard (when the caller says where speech ends: DecodeOptions.speech_until).
+SPEECH_LEFT = 0.4  # seconds
+
+
+class _NoSpeechLeft(Exception):
+    """Raised from the encoder hook instead of encoding a window that holds no speech."""
 
 
 def encoder_frames(encoder_seconds: float | None, audio_seconds: float) -> int | None:
@@ -64,13 +72,20 @@ class FasterWhisperEngine:
             raise EngineError(f"Could not load the faster-whisper model at {model_path}: {exc}") from exc
         self.multilingual = bool(self.model.model.is_multilingual)
         # faster-whisper pads every window to 30 s of mel frames before encoding; CTranslate2's
-        # encoder accepts fewer (10 s: ~40 ms instead of ~350 ms here). The frame budget of the
-        # current call is per thread, since one engine serves every inference thread.
-        self._encoder_frames = threading.local()
+        # encoder accepts fewer (10 s: ~40 ms instead of ~350 ms here). The state of the current
+        # call is per thread, since one engine serves every inference thread.
+        self._call = threading.local()
         full_encode = self.model.encode
 
         def encode(features: Any) -> Any:
-            frames = getattr(self._encoder_frames, "value", None)
+            call = self._call
+            # When a window's words end before the audio does, faster-whisper decodes the rest as
+            # a window of its own: in streaming, mostly the padding after the last word, where
+            # Whisper hears "Thank you." (the guards drop it) at the cost of a whole decode.
+            heard, speech = getattr(call, "heard_until", None), getattr(call, "speech_until", None)
+            if heard is not None and speech is not None and speech - heard < SPEECH_LEFT:
+                raise _NoSpeechLeft
+            frames = getattr(call, "frames", None)
             if frames and features.shape[-1] > frames:
                 features = features[..., :frames]
             return full_encode(features)
@@ -84,7 +99,10 @@ class FasterWhisperEngine:
         opts = options or DecodeOptions()
         if not self.multilingual:
             language = "en"
-        self._encoder_frames.value = encoder_frames(opts.encoder_seconds, len(audio) / SAMPLE_RATE)
+        call = self._call
+        call.frames = encoder_frames(opts.encoder_seconds, len(audio) / SAMPLE_RATE)
+        call.speech_until = opts.speech_until
+        call.heard_until = None  # where the words decoded so far end (None: no segment yet)
         try:
             kwargs: dict[str, Any] = {
                 "language": language,
@@ -100,7 +118,8 @@ class FasterWhisperEngine:
             }
             segments, info = self.model.transcribe(audio, **kwargs)
             result = []
-            for s in segments:  # a generator: decoding happens while we iterate
+            for s in _until_no_speech_left(segments):  # a generator: decoding happens as we iterate
+                call.heard_until = max(call.heard_until or 0.0, float(s.words[-1].end if s.words else s.end))
                 segment = Segment(
                     start=float(s.start),
                     end=float(s.end),
@@ -119,3 +138,11 @@ class FasterWhisperEngine:
         except Exception as exc:
             raise EngineError(f"faster-whisper failed: {exc}") from exc
         return Transcription(tuple(result), language=info.language, duration=info.duration)
+
+
+def _until_no_speech_left(segments: Iterator[Any]) -> Iterator[Any]:
+    """The segments, ending quietly where the encoder hook found no speech left to decode."""
+    try:
+        yield from segments
+    except _NoSpeechLeft:
+        return

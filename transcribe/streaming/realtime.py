@@ -77,6 +77,7 @@ class StreamingConfig:
     final_encoder_seconds: float = 15.0
     speculate_after: float = 0.25
     salvage_partials: bool = True
+    skip_silent_windows: bool = True
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> StreamingConfig:
@@ -369,6 +370,7 @@ class OptimizedRealtimeSTT:
             prompt=self.committed_text[-PROMPT_CHARS:] if self.cfg.use_prompt else None,
             max_new_tokens=max_tokens(len(audio) / SAMPLE_RATE),
             encoder_seconds=self._encoder_seconds(start, partial),
+            speech_until=self._speech_until(begin, end) if self.cfg.skip_silent_windows else None,
         )
         result = await self._transcribe(audio, options)
         words = [
@@ -382,6 +384,14 @@ class OptimizedRealtimeSTT:
             result = await self._transcribe(audio, replace(options, encoder_seconds=None))
             words = [w for w in accepted_words(result, self._t(begin)) if self._is_voiced(w)]
         return words
+
+    def _speech_until(self, begin: int, end: int) -> float:
+        """Seconds into the window [begin, end) where the last frame the VAD heard as speech ends."""
+        first, probs = self.history.window(begin, end)
+        voiced = np.flatnonzero(probs >= self.endpointer.off_threshold)
+        if not len(voiced):
+            return 0.0
+        return max(0, min(end, (first + int(voiced[-1]) + 1) * FRAME) - begin) / SAMPLE_RATE
 
     def _encoder_seconds(self, start: int, partial: bool) -> float:
         if partial:

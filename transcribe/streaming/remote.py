@@ -80,6 +80,7 @@ def encode_job(
             "temperature": list(temperature) if isinstance(temperature, tuple) else temperature,
             "max_new_tokens": options.max_new_tokens,
             "encoder_seconds": options.encoder_seconds,
+            "speech_until": options.speech_until,
         },
     }
 
