@@ -88,7 +88,8 @@ class DecodeOptions:
     encoder_seconds: float | None = None
     # Seconds into the audio after which the caller knows there is no speech (its VAD), or None.
     # Whisper decodes a window and, when its words end before the audio does, decodes the rest as
-    # a window of its own: an engine may skip that when no speech is left after its last word.
+    # a window of its own: an engine may skip that when no speech is left after its last word
+    # (faster-whisper's does; the openai-whisper engine, like encoder_seconds, ignores it).
     speech_until: float | None = None
     # Called with each segment as soon as it is decoded (progress of long files); optional.
     on_segment: Callable[[Segment], None] | None = None
