@@ -291,7 +291,9 @@ class LoopingEngine(ScriptedEngine):
     """Over a short encoder window, a final comes out looped, as tiny.en's did. ``compression``: a
     loop Whisper's own rules reject (a compression ratio of 3: "And so my fellow Americans. And so
     my fellow ..."); ``phrase``: the words said twice, which a ratio of ~1.2 lets through ("he can do
-    for you. He can do for you.", jfk cut mid-phrase as a resumed session hears it)."""
+    for you. He can do for you.", jfk cut mid-phrase as a resumed session hears it); ``squeezed``:
+    the phrase twice with the repeat aligned into no time, a segment the guards drop whole (a
+    resumed session's LJ Speech sentence was lost so)."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -304,12 +306,16 @@ class LoopingEngine(ScriptedEngine):
         (segment,) = result.segments
         if self.how == "compression":
             looped = replace(segment, compression_ratio=3.0)
+        elif self.how == "squeezed":  # said twice, the repeat aligned into no time: the guards drop it all
+            end = segment.words[-1].end
+            again = tuple(Word(end, end, w.text, w.probability) for w in segment.words)
+            looped = replace(segment, text=segment.text * 2, words=segment.words + again)
         else:
             looped = replace(segment, words=segment.words + segment.words)  # aligned over the speech again
         return Transcription((looped,), language="en", duration=result.duration)
 
 
-@pytest.mark.parametrize("how", ["compression", "phrase"])
+@pytest.mark.parametrize("how", ["compression", "phrase", "squeezed"])
 async def test_a_final_that_loops_over_a_short_window_is_decoded_again_over_30_s(jfk, how):
     engine = LoopingEngine(how)
     events = await stream(OptimizedRealtimeSTT(engine=engine, final_encoder_seconds=10), jfk)
@@ -318,7 +324,7 @@ async def test_a_final_that_loops_over_a_short_window_is_decoded_again_over_30_s
     finals = [c.encoder_seconds for c in engine.calls if c.beam_size > 1]
     if how == "compression":
         assert finals and finals.count(10) == finals.count(None)  # each short decode was heard again
-    else:  # a speculative decode of two words said twice is no loop; the finals' phrases were
+    else:  # a decode of two words said twice is no loop (a speculative final's); the finals' phrases were
         assert finals and finals.count(None) >= 1
 
 

@@ -405,11 +405,15 @@ class OptimizedRealtimeSTT:
         """A phrase said twice, or a segment going in circles (the guards dropped it) in place of
         speech. Whisper's loops run to the end of the window: one that starts after the last words
         ("Thank you for watching, and I'll see you in the next video, and I'll see you ...") has
-        cost nothing but the trailing silence."""
+        cost nothing but the trailing silence. A dropped segment that says its phrase twice counts
+        too: "The invention of movable metal letters ... considered. The invention of ..." (a
+        compression ratio of 2.1, the repeat squeezed into no time) was a whole sentence lost."""
         if repeats_a_phrase(words):
             return True
         reached_the_end = bool(words) and words[-1].end >= self._t(end) - LOOP_SLACK
-        return not reached_the_end and any(is_loop(s) for s in result.segments)
+        return not reached_the_end and any(
+            is_loop(s) or repeats_a_phrase(list(s.words)) for s in result.segments
+        )
 
     async def _transcribe(self, audio: npt.NDArray[np.float32], options: DecodeOptions) -> Transcription:
         try:
