@@ -250,6 +250,9 @@ def test_history_window_and_peak():
     assert h.window(7 * FRAME, 9 * FRAME)[1].size == 0
     assert h.peak(7 * FRAME, 9 * FRAME) == 0.0
     assert h.window(-5 * FRAME, FRAME)[0] == 0  # negative starts clip at 0
+    assert h.last_above(0, 6 * FRAME, 0.003) == 6 * FRAME  # frame 5 (0.005) ends there
+    assert h.last_above(0, 2 * FRAME + 1, 0.0) == 3 * FRAME  # frame 2 overlaps, ends past the range
+    assert h.last_above(0, 3 * FRAME, 0.003) is None  # frames 0-2 are all below
 
 
 def test_history_wrap_around():

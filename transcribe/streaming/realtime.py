@@ -387,11 +387,8 @@ class OptimizedRealtimeSTT:
 
     def _speech_until(self, begin: int, end: int) -> float:
         """Seconds into the window [begin, end) where the last frame the VAD heard as speech ends."""
-        first, probs = self.history.window(begin, end)
-        voiced = np.flatnonzero(probs >= self.endpointer.off_threshold)
-        if not len(voiced):
-            return 0.0
-        return max(0, min(end, (first + int(voiced[-1]) + 1) * FRAME) - begin) / SAMPLE_RATE
+        voiced_end = self.history.last_above(begin, end, self.endpointer.off_threshold)
+        return 0.0 if voiced_end is None else (min(end, voiced_end) - begin) / SAMPLE_RATE
 
     def _encoder_seconds(self, start: int, partial: bool) -> float:
         if partial:
