@@ -18,10 +18,12 @@ PlaywrightTimeout = pytest.importorskip(
     "playwright.sync_api", reason='playwright is missing: pip install -e ".[dev]"'
 ).TimeoutError
 
-# Streaming at real time cuts utterances at pauses, and the browser resamples the fake microphone:
-# measured 0.0 to 0.27 ("and so am i fell in american s" on an AVX2-only CPU). Lost or repeated
-# text is what the exact checks against the database catch; this bound only catches garbage.
-MAX_WER = 0.3
+# The page now hands the server the clip nearly as it is (a 16 kHz context, no voice processing):
+# measured 0.0 on all four clips over three runs each. With echo cancellation, gain control and a
+# box-filter resampler it was 0.0 to 0.32 ("and so am i fell in american as not"), failing CI.
+# Streaming at real time still cuts utterances where a CPU's timing puts them ("am I" for "my" in
+# jfk.wav is 0.09); lost or repeated text is what the exact checks against the database catch.
+MAX_WER = 0.15
 
 
 def log_in(context: Any, server: LiveServer) -> Any:

