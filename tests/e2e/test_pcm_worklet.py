@@ -17,6 +17,9 @@ ORIGIN = "http://localhost:9"  # never reached (the route below answers); a secu
 SECONDS = 2.0
 KEPT_HZ = (440.0, 3000.0, 7000.0)  # speech band: must come out at the same level
 FOLDING_HZ = 11000.0  # above 8 kHz: sampled at 16 kHz it would fold back onto 5 kHz
+# Output samples short of the input's length or past it: rendering rounds up to whole 128-frame
+# quanta, and the filter holds back its half-width (2-5 ms).
+HELD_BACK = 128
 
 RENDER = """
 async ([source, rate, seconds, tones]) => {
@@ -86,9 +89,17 @@ def test_device_rates_are_resampled_keeping_speech_and_removing_what_would_fold_
     worklet_page: Any, rate: int
 ) -> None:
     out = render(worklet_page, rate, [(hz, 0.2) for hz in (*KEPT_HZ, FOLDING_HZ)])
-    # Rendering rounds up to whole 128-frame quanta; the filter holds back its half-width (~2 ms).
-    assert len(out) == pytest.approx(16000 * SECONDS, abs=64)
+    assert len(out) == pytest.approx(16000 * SECONDS, abs=HELD_BACK)
     for hz in KEPT_HZ:
         assert level_at(out, hz) == pytest.approx(0.2, rel=0.03), hz  # within 0.25 dB
     folded = abs(16000 - FOLDING_HZ)
     assert level_at(out, folded) < 0.2 * 10 ** (-60 / 20)  # at least 60 dB down
+
+
+def test_a_rate_below_16_khz_is_upsampled_keeping_its_band(worklet_page: Any) -> None:
+    # A context can run at 8 kHz (a Bluetooth headset in call mode): nothing above 4 kHz to keep.
+    out = render(worklet_page, 8000, [(440.0, 0.2), (3000.0, 0.2)])
+    assert len(out) == pytest.approx(16000 * SECONDS, abs=HELD_BACK)
+    for hz in (440.0, 3000.0):
+        assert level_at(out, hz) == pytest.approx(0.2, rel=0.03), hz
+    assert level_at(out, 8000 - 3000.0) < 0.2 * 10 ** (-60 / 20)  # no image of the 3 kHz tone

@@ -8,17 +8,20 @@
 
 const TARGET_RATE = 16000;
 const FRAME_MS = 100;
-const PASSBAND_HZ = 7400; // speech up to here is kept whole
-const STOPBAND_HZ = 8600; // from here on (folding below 7.4 kHz) it is removed, by 74 dB
+// Around the lower of the two Nyquist frequencies (8 kHz from 44.1 or 48 kHz): kept whole up to
+// PASSBAND of it, removed by 74 dB from STOPBAND on (what would fold back below 7.4 kHz).
+const PASSBAND = 0.925;
+const STOPBAND = 1.075;
 const PHASES = 256; // fractional positions the kernel is tabulated at
 
 /** Windowed-sinc resampling from `inputRate` to TARGET_RATE, one input sample at a time. */
 class SincResampler {
   constructor(inputRate) {
     this.step = inputRate / TARGET_RATE; // input samples per output sample
-    const cutoff = (PASSBAND_HZ + STOPBAND_HZ) / 2 / inputRate; // cycles per input sample
+    const nyquist = Math.min(inputRate, TARGET_RATE) / 2;
+    const cutoff = nyquist / inputRate; // cycles per input sample, halfway through the transition
     // A Blackman window of N taps has a transition band of about 5.5 / N of the sampling rate.
-    this.half = Math.ceil((5.5 * inputRate) / (STOPBAND_HZ - PASSBAND_HZ) / 2);
+    this.half = Math.ceil((5.5 * inputRate) / ((STOPBAND - PASSBAND) * nyquist) / 2);
     const taps = 2 * this.half;
     this.taps = taps;
     // Kernel p weighs samples x[i - half + 1 .. i + half] for an output at i + p / PHASES.
