@@ -201,12 +201,15 @@ export class TranscribeClient extends EventTarget {
   /** A 16 kHz AudioContext where the browser resamples the microphone itself (most do), else one at
    * the device rate, whose audio the worklet resamples; returns the microphone's source node. */
   _openPcmContext() {
+    let context = null;
     try {
-      this._context = new AudioContext({ sampleRate: SAMPLE_RATE });
-      return this._context.createMediaStreamSource(this._stream);
+      context = new AudioContext({ sampleRate: SAMPLE_RATE });
+      const source = context.createMediaStreamSource(this._stream);
+      this._context = context;
+      return source;
     } catch {
       // Some browsers refuse a stream whose rate differs from the context's (NotSupportedError).
-      if (this._context) this._context.close().catch(() => {});
+      if (context) context.close().catch(() => {});
       this._context = new AudioContext();
       return this._context.createMediaStreamSource(this._stream);
     }
