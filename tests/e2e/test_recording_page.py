@@ -19,7 +19,7 @@ PlaywrightTimeout = pytest.importorskip(
 ).TimeoutError
 
 # The page now hands the server the clip nearly as it is (a 16 kHz context, no voice processing):
-# measured 0.0 on all four clips over three runs each. With echo cancellation, gain control and a
+# measured 0.0 on its three clips in both runs printed. With echo cancellation, gain control and a
 # box-filter resampler it was 0.0 to 0.32 ("and so am i fell in american as not"), failing CI.
 # Streaming at real time still cuts utterances where a CPU's timing puts them ("am I" for "my" in
 # jfk.wav is 0.09); lost or repeated text is what the exact checks against the database catch.
