@@ -115,8 +115,9 @@ DEFAULTS: dict[str, Any] = {
     # the whole utterance) comes sooner and costs less. 4 s against 8 s: the same corpus WER, final
     # p95 1.46-1.66 s against 1.62-2.05 s; 3 s began to cut inside sentences. 2 s with a 0.3 s pause
     # made a phrase ending at a 0.3 s pause final 0.5 s after it at p95 instead of 8.9 s (a short
-    # sentence after a cut waits for the next one), but cost two words of 210 through the server,
-    # twice: a sentence decoded alone lost what its neighbour gave ("antecedence. Nor", "has an").
+    # sentence after a cut waits for the next one), but cost two words of 210 through the server in
+    # each of two runs (SOFT_SILENCE 0.2 and 0.3 s): a sentence decoded alone lost what its neighbour gave
+    # ("antecedence. Nor", "has an").
     "SOFT_UTTERANCE": 4.0,
     "SOFT_SILENCE": 0.2,
     # Silero speech probability above which a 32 ms frame counts as speech.
