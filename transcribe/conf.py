@@ -146,6 +146,10 @@ DEFAULTS: dict[str, Any] = {
     # hears "Thank you." that the guards then drop. On: that window is decoded only if the VAD
     # heard at least 0.4 s of speech after the last word (transcribe/engines/faster.py).
     "SKIP_SILENT_WINDOWS": True,
+    # A pause too short to end an utterance (MIN_SILENCE) still ends it when the speculative final
+    # decoded at that pause ends a sentence there: read-aloud sentences 0.3 s apart each become
+    # final as they end, instead of with the next one (transcribe/streaming/realtime.py).
+    "SENTENCE_CUTS": True,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
     # Seconds between ``status`` events.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.conftest import corpus_wer, load_wav
+from tests.conftest import corpus_wer, load_wav, normalize
 from transcribe.engines import DecodeOptions, get_engine
 from transcribe.engines.openai import FALLBACK_TEMPERATURES
 from transcribe.streaming.replay import replay
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 OFFLINE_MAX_WER = 0.03
 STREAMING_MAX_WER = 0.05
 MAX_GAP = 0.03  # streaming may be at most 3 points worse than offline
+SR = 16_000
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +55,21 @@ async def test_streaming_wer_is_close_to_offline(audio_dir: Path, clips: list[tu
     assert offline_wer <= OFFLINE_MAX_WER, offline
     assert streaming_wer <= STREAMING_MAX_WER, streaming
     assert streaming_wer - offline_wer <= MAX_GAP
+
+
+@pytest.mark.parametrize("sentence_cuts", [True, False], ids=["cut", "not-cut"])
+async def test_a_sentence_before_a_short_pause_is_its_own_final(audio_dir: Path, sentence_cuts: bool) -> None:
+    """LJ Speech reads "... in being comparatively modern. For although the Chinese ..." with 0.3 s
+    between the sentences, too short a pause to end an utterance: the first sentence is final as
+    soon as the second is under way, not once the second ends."""
+    lj = load_wav(audio_dir / "ljspeech_LJ001-0001_to_0008.wav")
+    samples = np.concatenate([lj[int(9.6 * SR) : 16 * SR], np.zeros(SR, dtype=np.float32)])
+    # At twice real time, so that the decode at the pause finishes while the next sentence is read.
+    report = await replay(samples, speed=2.0, sentence_cuts=sentence_cuts)
+    texts = [normalize(f["text"]) for f in report.finals]
+    expected = "in being comparatively modern for although the chinese took impressions from wood blocks"
+    assert " ".join(texts).startswith(expected), texts
+    if sentence_cuts:
+        assert texts[0] == "in being comparatively modern" and texts[1].startswith("for although")
+    else:
+        assert texts[0].startswith("in being comparatively modern for although")

@@ -392,6 +392,108 @@ async def test_speculative_finals_are_used_not_decoded_twice(jfk):
     assert speculative_decodes < 2 * len(finals)
 
 
+class PunctuatingEngine(ScriptedEngine):
+    """A ScriptedEngine whose beam-search decodes (speculative and final) end their last word with
+    ``mark`` at ``probability``, as Whisper ends a sentence; partials stay unpunctuated. ``hold``
+    (a threading.Event) holds the beam-search decodes until it is set."""
+
+    def __init__(
+        self, mark: str = ".", probability: float = 0.95, hold: threading.Event | None = None, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.mark, self.probability, self.hold = mark, probability, hold
+
+    def transcribe_numpy(self, audio, language, options=None):
+        searched = (options or DecodeOptions()).beam_size > 1
+        if searched and self.hold is not None:
+            self.hold.wait(10)
+        result = super().transcribe_numpy(audio, language, options)
+        if not searched or not result.segments[-1].words:
+            return result
+        segment = result.segments[-1]
+        last = replace(
+            segment.words[-1], text=segment.words[-1].text + self.mark, probability=self.probability
+        )
+        words = (*segment.words[:-1], last)
+        segment = replace(segment, words=words, text="".join(w.text for w in words))
+        return replace(result, segments=(*result.segments[:-1], segment))
+
+
+@pytest.fixture(scope="module")
+def two_sentences(audio_dir: Path) -> tuple[bytes, float]:
+    """JFK's first phrase, a pause of about 0.35 s (too short to end an utterance), his fourth
+    phrase and a second of silence; and the second where the pause ends."""
+    jfk = load_wav(audio_dir / "jfk.wav")  # speech 0.32-2.24 s and 5.44-7.62 s, among others
+    gap = np.zeros(int(0.15 * SR), dtype=np.float32)
+    audio = np.concatenate([jfk[: int(2.4 * SR)], gap, jfk[int(5.4 * SR) : 8 * SR], np.zeros(SR, np.float32)])
+    return pcm(audio), 2.4 + 0.15 + 0.04
+
+
+def assert_cut_at_the_pause(events: list[dict[str, Any]], engine: ScriptedEngine, resumed_at: float) -> None:
+    check_protocol(events)
+    first, second = of(events, "final")
+    assert first["text"].endswith(".") and first["end"] < resumed_at < second["end"]
+    # Its words are the speculative decode's: no more beam-search decodes than without the cut.
+    assert sum(c.beam_size > 1 for c in engine.calls) == 2
+    # The second sentence is decoded from the middle of the pause on, not with the first.
+    assert min(c.seconds for c in engine.calls if c.beam_size > 1) < resumed_at
+
+
+async def test_a_sentence_ending_at_a_short_pause_is_final_at_once(two_sentences):
+    data, resumed_at = two_sentences
+    engine = PunctuatingEngine()
+    stt = OptimizedRealtimeSTT(engine=engine)
+    fed_at_final: list[float] = []
+    fed = 0
+    collect = stt._on_event
+
+    async def on_event(event):
+        if event["type"] == "final":
+            fed_at_final.append(fed / 2 / SR)
+        await collect(event)
+
+    stt._on_event = on_event
+    for fed in range(CHUNK, len(data) + CHUNK, CHUNK):
+        await stt.process_audio_chunk(data[fed - CHUNK : fed])
+        await asyncio.sleep(0)
+    await asyncio.wait_for(stt.flush(), 30)
+    assert_cut_at_the_pause(stt.events, engine, resumed_at)
+    # Final while the next sentence was being said, not after it ended (at 4.8 s).
+    assert fed_at_final[0] < resumed_at + 1.0
+
+
+async def test_a_sentence_decoded_after_speech_resumed_is_cut_too(two_sentences):
+    """The speculative decode may finish only once the next sentence is under way."""
+    data, resumed_at = two_sentences
+    hold = threading.Event()
+    engine = PunctuatingEngine(hold=hold)
+    stt = OptimizedRealtimeSTT(engine=engine)
+    split = int((resumed_at + 0.5) * SR) * 2
+    await feed(stt, data[:split])
+    assert not stt._idle.is_set() and not of(stt.events, "final")  # the decode at the pause is held
+    hold.set()
+    await asyncio.wait_for(stt._idle.wait(), 5)
+    assert resumed_at - 0.5 < stt.utterance.start / SR < resumed_at  # cut as the decode finished
+    await feed(stt, data[split:])
+    await asyncio.wait_for(stt.flush(), 30)
+    assert_cut_at_the_pause(stt.events, engine, resumed_at)
+
+
+@pytest.mark.parametrize(
+    ("mark", "probability", "sentence_cuts"),
+    [(",", 0.95, True), ("...", 0.95, True), (".", 0.5, True), (".", 0.95, False)],
+    ids=["comma", "trailing-off", "unsure-last-word", "switched-off"],
+)
+async def test_a_short_pause_without_a_sure_sentence_end_does_not_cut(
+    two_sentences, mark, probability, sentence_cuts
+):
+    data, _ = two_sentences
+    engine = PunctuatingEngine(mark, probability)
+    events = await stream(OptimizedRealtimeSTT(engine=engine, sentence_cuts=sentence_cuts), data)
+    check_protocol(events)
+    assert len(of(events, "final")) == 1
+
+
 # -- finalize ---------------------------------------------------------------------------------
 
 

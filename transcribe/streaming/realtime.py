@@ -47,6 +47,10 @@ PROMPT_CHARS = 200  # committed text given to Whisper as context
 PARTIAL_QUIET = int(0.1 * SAMPLE_RATE)
 WORD_MARGIN = int(0.1 * SAMPLE_RATE)  # slack around word timestamps when checking them against the VAD
 LOOP_SLACK = 1.0  # seconds: words ending this close to a final's end have heard all of its speech
+SENTENCE_ENDS = (".", "?", "!")  # "..." (trailing off) is not one
+# A sentence is cut at a short pause only when Whisper is this sure of its last word: the words after
+# a pause can change an unsure one ("antecedence." at 0.81, alone; "antecedents, nor" with them).
+SENTENCE_CUT_CONFIDENCE = 0.9
 CUT_IN = 4 * FRAME  # an utterance starting this close to the stream's start was already under way
 # A final's decode is tried this often before its speech is reported as not transcribed: a failure
 # may be passing (a GPU out of memory, a worker that crashed), and a final is the text that lasts.
@@ -78,6 +82,7 @@ class StreamingConfig:
     speculate_after: float = 0.25
     salvage_partials: bool = True
     skip_silent_windows: bool = True
+    sentence_cuts: bool = True
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> StreamingConfig:
@@ -269,6 +274,7 @@ class OptimizedRealtimeSTT:
             else:
                 self._end_utterance(self._utterance_end(ev.sample, self.history.end * FRAME - ev.sample))
         if self.utterance is not None:
+            self._cut_at_sentence_end()
             self._maybe_cut()
         elif not self._finals and self._idle.is_set():
             # Nothing pending: non-speech is done with; keep a little pre-roll for the next start.
@@ -303,6 +309,41 @@ class OptimizedRealtimeSTT:
         self._speculation = None  # not started yet: the final decodes this range itself
         self._finals.append((self.utterance.start, end))
         self.utterance = None
+
+    def _cut_at_sentence_end(self) -> None:
+        """End the utterance where a pause ended a sentence, though speech went on at once.
+
+        A pause too short to end an utterance (0.3 s between sentences read aloud) still had the
+        utterance decoded as if it had ended (the speculative final). When speech resumes and that
+        decode ended a sentence there (Whisper's punctuation), its words become the final at once,
+        instead of waiting for the end of the next sentence, and the new utterance starts in the
+        middle of the pause. The decode is the one the final would have made: no extra inference.
+        """
+        utt, speculated = self.utterance, self._speculated
+        if not (self.cfg.sentence_cuts and utt is not None and speculated is not None):
+            return
+        (start, end), words = speculated
+        if start != utt.start or not self.endpointer.in_speech or self.endpointer.silent_frames:
+            return  # another utterance's decode, or still inside the pause (it may yet end there)
+        last = words[-1].text.rstrip() if words else ""
+        if (
+            not last.endswith(SENTENCE_ENDS)
+            or last.endswith("..")
+            or words[-1].probability < SENTENCE_CUT_CONFIDENCE
+        ):
+            return
+        pause_start = end - min(PAD, self.endpointer.min_silence_frames * FRAME // 2)
+        if words[-1].end < self._t(pause_start) - LOOP_SLACK:
+            return  # the decode did not hear the speech up to the pause
+        resumed = self.history.first_above(pause_start, self.buffer.end, self.endpointer.on_threshold)
+        if resumed is None:
+            return
+        cut = min(end, pause_start + (resumed - pause_start) // 2)
+        logger.debug("Sentence cut at %.2f s after %r (p=%.2f)", self._t(cut), last, words[-1].probability)
+        self._speculated = ((start, cut), words)  # the final job takes these words as they are
+        self._finals.append((start, cut))
+        self.utterance = Utterance(start=cut, decoded_until=cut)
+        self.endpointer.restart(cut // FRAME)
 
     def _maybe_cut(self) -> None:
         """Force a final at MAX_UTTERANCE, cutting at the quietest frame of the last 3 seconds."""
@@ -463,6 +504,8 @@ class OptimizedRealtimeSTT:
             self._speculated = ((start, end), await self._decode(start, end, self.cfg.beam_size))
         except EngineError:
             self._speculated = None  # the final will decode (and report) for itself
+            return
+        self._cut_at_sentence_end()  # speech may have resumed while it decoded
 
     async def _final_job(self, start: int, end: int) -> None:
         speculated, self._speculated = self._speculated, None

@@ -152,6 +152,13 @@ class FrameHistory:
         _, probs = self.window(start_sample, end_sample)
         return float(probs.max(initial=0.0))
 
+    def first_above(self, start_sample: int, end_sample: int, threshold: float) -> int | None:
+        """Sample where the first held frame overlapping [start, end) at or above ``threshold``
+        begins, or None when there is none."""
+        first, probs = self.window(start_sample, end_sample)
+        above = np.flatnonzero(probs >= threshold)
+        return (first + int(above[0])) * FRAME if len(above) else None
+
     def last_above(self, start_sample: int, end_sample: int, threshold: float) -> int | None:
         """Sample where the last held frame overlapping [start, end) at or above ``threshold``
         ends (it may end past ``end_sample``), or None when there is none."""
