@@ -2,7 +2,7 @@
 
     bash bench/peers_setup.sh                     # once: the peers in bench/.peers-venv
     python bench/peers.py [--clips jfk.wav,...] [--systems ours,whisperlive,whisperlivekit]
-                          [--clients 1,4] [--tail 8] [--repeat 1] [--verbose]
+                          [--clients 1,4] [--tail 8] [--repeat 1] [--baseline KEY=VALUE,...] [--verbose]
 
 Each system runs as its own server on 127.0.0.1, all started here at once and killed at the end;
 they take turns clip by clip (the order rotating), so that outside load falls on each alike. Server
@@ -10,6 +10,8 @@ logs and every session's commits go to bench/out/peers/ (git-ignored).
 
 - ours: daphne serving project.asgi with a temp SQLite database and an API token, driven by the
   reference client ``transcribe.client.stream_audio`` (pcm_s16le).
+- baseline (with ``--baseline KEY=VALUE,...``): our server again with those ``TRANSCRIBE``
+  overrides, to measure one of our changes on these metrics in the same run.
 - WhisperLive (PyPI whisper-live): ``TranscriptionServer.run(backend="faster_whisper",
   faster_whisper_custom_model_path=<tiny.en>, single_model=True)``; its protocol: a JSON options
   message, ``SERVER_READY``, float32 PCM frames, ``END_OF_AUDIO``; it answers with the last segments,
@@ -346,6 +348,22 @@ class Ours(Server):
         return cmd, env, ROOT
 
 
+class OursBaseline(Ours):
+    """Our server again, with the ``--baseline`` TRANSCRIBE overrides: a change measured against the
+    code without it, in the same run, on the same metrics."""
+
+    overrides: dict[str, Any] = {}
+
+    def command(self) -> tuple[list[str], dict[str, str], Path]:
+        cmd, env, cwd = super().command()
+        (self.folder / "baseline_settings.py").write_text(
+            "from project.settings import *  # noqa: F403\n"
+            f"TRANSCRIBE = {{**TRANSCRIBE, **{self.overrides!r}}}  # noqa: F405\n"
+        )
+        path = os.pathsep.join(p for p in (str(self.folder), str(ROOT), env.get("PYTHONPATH", "")) if p)
+        return cmd, {**env, "DJANGO_SETTINGS_MODULE": "baseline_settings", "PYTHONPATH": path}, cwd
+
+
 def _peer_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PATH=f"{VENV / 'bin'}:{env.get('PATH', '')}")
@@ -383,6 +401,7 @@ class WhisperLiveKit(Server):
 
 
 SERVERS: dict[str, type[Server]] = {
+    "baseline": OursBaseline,
     "ours": Ours,
     "whisperlive": WhisperLive,
     "whisperlivekit": WhisperLiveKit,
@@ -548,7 +567,12 @@ async def stream_whisperlivekit(
     return session
 
 
-CLIENTS = {"ours": stream_ours, "whisperlive": stream_whisperlive, "whisperlivekit": stream_whisperlivekit}
+CLIENTS = {
+    "ours": stream_ours,
+    "baseline": stream_ours,
+    "whisperlive": stream_whisperlive,
+    "whisperlivekit": stream_whisperlivekit,
+}
 
 
 # --- one system ---------------------------------------------------------------------------------
@@ -767,6 +791,11 @@ def main() -> None:
     )
     parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds for a server to listen")
     parser.add_argument("--repeat", type=int, default=1, help="rounds over the clips (default 1)")
+    parser.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE,...",
+        help="also run our server with these TRANSCRIBE overrides, as system 'baseline' (ratios baseline/ours)",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     args.clients = [int(n) for n in args.clients.split(",")]
@@ -774,7 +803,12 @@ def main() -> None:
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
-    if set(systems) - {"ours"} and not (VENV / "bin" / "python").exists():
+    if args.baseline:
+        from _harness import parse_overrides
+
+        OursBaseline.overrides = parse_overrides(args.baseline)
+        systems.append("baseline")
+    if set(systems) - {"ours", "baseline"} and not (VENV / "bin" / "python").exists():
         parser.error(f"no {VENV}: run bash bench/peers_setup.sh first")
     refs = {k: v["text"] for k, v in json.loads((AUDIO / "refs.json").read_text()).items()}
     clips = args.clips.split(",")
