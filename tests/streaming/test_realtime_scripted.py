@@ -419,14 +419,20 @@ class PunctuatingEngine(ScriptedEngine):
         return replace(result, segments=(*result.segments[:-1], segment))
 
 
+def jfk_with_a_pause(audio_dir: Path, pause: float) -> tuple[bytes, float]:
+    """JFK's first phrase, ``pause`` seconds of digital silence after the clip's own 0.16 s, his
+    fourth phrase and a second of silence; and the second where the pause ends."""
+    jfk = load_wav(audio_dir / "jfk.wav")  # speech 0.32-2.24 s and 5.44-7.62 s, among others
+    gap = np.zeros(int(pause * SR), dtype=np.float32)
+    audio = np.concatenate([jfk[: int(2.4 * SR)], gap, jfk[int(5.4 * SR) : 8 * SR], np.zeros(SR, np.float32)])
+    return pcm(audio), 2.4 + pause + 0.04
+
+
 @pytest.fixture(scope="module")
 def two_sentences(audio_dir: Path) -> tuple[bytes, float]:
-    """JFK's first phrase, a pause of about 0.35 s (too short to end an utterance), his fourth
-    phrase and a second of silence; and the second where the pause ends."""
-    jfk = load_wav(audio_dir / "jfk.wav")  # speech 0.32-2.24 s and 5.44-7.62 s, among others
-    gap = np.zeros(int(0.15 * SR), dtype=np.float32)
-    audio = np.concatenate([jfk[: int(2.4 * SR)], gap, jfk[int(5.4 * SR) : 8 * SR], np.zeros(SR, np.float32)])
-    return pcm(audio), 2.4 + 0.15 + 0.04
+    """Two phrases 0.35 s apart (by the VAD): too short a pause to end an utterance, and shorter
+    than a decode at the pause takes here, which finishes once the next phrase is under way."""
+    return jfk_with_a_pause(audio_dir, 0.15)
 
 
 def assert_cut_at_the_pause(events: list[dict[str, Any]], engine: ScriptedEngine, resumed_at: float) -> None:
@@ -439,8 +445,8 @@ def assert_cut_at_the_pause(events: list[dict[str, Any]], engine: ScriptedEngine
     assert min(c.seconds for c in engine.calls if c.beam_size > 1) < resumed_at
 
 
-async def test_a_sentence_ending_at_a_short_pause_is_final_at_once(two_sentences):
-    data, resumed_at = two_sentences
+async def test_a_sentence_ending_at_a_pause_is_final_at_once(audio_dir):
+    data, resumed_at = jfk_with_a_pause(audio_dir, 0.25)  # 0.45 s by the VAD, under MIN_SILENCE
     engine = PunctuatingEngine()
     stt = OptimizedRealtimeSTT(engine=engine)
     fed_at_final: list[float] = []
@@ -455,11 +461,13 @@ async def test_a_sentence_ending_at_a_short_pause_is_final_at_once(two_sentences
     stt._on_event = on_event
     for fed in range(CHUNK, len(data) + CHUNK, CHUNK):
         await stt.process_audio_chunk(data[fed - CHUNK : fed])
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.005)  # 20x real time: the decode at the pause ends inside it
     await asyncio.wait_for(stt.flush(), 30)
     assert_cut_at_the_pause(stt.events, engine, resumed_at)
-    # Final while the next sentence was being said, not after it ended (at 4.8 s).
-    assert fed_at_final[0] < resumed_at + 1.0
+    # Decoded while the pause lasted, the utterance ended there, sooner than MIN_SILENCE would have
+    # ended it: the next sentence is an utterance of its own.
+    assert fed_at_final[0] < resumed_at + 0.2
+    assert len(of(stt.events, "speech_started")) == 2
 
 
 async def test_a_sentence_decoded_after_speech_resumed_is_cut_too(two_sentences):
@@ -477,6 +485,7 @@ async def test_a_sentence_decoded_after_speech_resumed_is_cut_too(two_sentences)
     await feed(stt, data[split:])
     await asyncio.wait_for(stt.flush(), 30)
     assert_cut_at_the_pause(stt.events, engine, resumed_at)
+    assert len(of(stt.events, "speech_started")) == 1  # the utterance went on from the cut
 
 
 @pytest.mark.parametrize(

@@ -195,7 +195,7 @@ class OptimizedRealtimeSTT:
             self._end_utterance(
                 self._utterance_end(pause_start) if pause_start is not None else self.buffer.end
             )
-            self.endpointer.in_speech = False
+            self.endpointer.end_speech()
         self._schedule()
 
     async def flush(self) -> None:
@@ -311,39 +311,50 @@ class OptimizedRealtimeSTT:
         self.utterance = None
 
     def _cut_at_sentence_end(self) -> None:
-        """End the utterance where a pause ended a sentence, though speech went on at once.
+        """End the utterance at a pause where its speculative final ended a sentence.
 
-        A pause too short to end an utterance (0.3 s between sentences read aloud) still had the
-        utterance decoded as if it had ended (the speculative final). When speech resumes and that
-        decode ended a sentence there (Whisper's punctuation), its words become the final at once,
-        instead of waiting for the end of the next sentence, and the new utterance starts in the
-        middle of the pause. The decode is the one the final would have made: no extra inference.
+        At a pause (SPECULATE_AFTER) the utterance is decoded as if it had ended. When that decode
+        ends a sentence there (Whisper's punctuation, a sure last word), the utterance ends at the
+        pause at once: while the pause lasts, sooner than MIN_SILENCE would end it; and if speech has
+        resumed (0.3 s between sentences read aloud), instead of running on into the next sentence,
+        whose end its final would wait for. Either way its final is that decode: no extra inference.
+        The cut falls in the middle of the silence heard so far (at most PAD after its start), so
+        that the next utterance is decoded from before its first word.
         """
         utt, speculated = self.utterance, self._speculated
         if not (self.cfg.sentence_cuts and utt is not None and speculated is not None):
             return
         (start, end), words = speculated
-        if start != utt.start or not self.endpointer.in_speech or self.endpointer.silent_frames:
-            return  # another utterance's decode, or still inside the pause (it may yet end there)
-        last = words[-1].text.rstrip() if words else ""
+        if start != utt.start or not self.endpointer.in_speech:
+            return  # another utterance's decode
+        last = words[-1] if words else None
         if (
-            not last.endswith(SENTENCE_ENDS)
-            or last.endswith("..")
-            or words[-1].probability < SENTENCE_CUT_CONFIDENCE
+            last is None
+            or not last.text.rstrip().endswith(SENTENCE_ENDS)
+            or last.text.rstrip().endswith("..")
+            or last.probability < SENTENCE_CUT_CONFIDENCE
         ):
             return
         pause_start = end - min(PAD, self.endpointer.min_silence_frames * FRAME // 2)
-        if words[-1].end < self._t(pause_start) - LOOP_SLACK:
+        if last.end < self._t(pause_start) - LOOP_SLACK:
             return  # the decode did not hear the speech up to the pause
-        resumed = self.history.first_above(pause_start, self.buffer.end, self.endpointer.on_threshold)
-        if resumed is None:
-            return
-        cut = min(end, pause_start + (resumed - pause_start) // 2)
-        logger.debug("Sentence cut at %.2f s after %r (p=%.2f)", self._t(cut), last, words[-1].probability)
-        self._speculated = ((start, cut), words)  # the final job takes these words as they are
-        self._finals.append((start, cut))
-        self.utterance = Utterance(start=cut, decoded_until=cut)
-        self.endpointer.restart(cut // FRAME)
+        # Never before the last word's end (Whisper may stretch it into the silence).
+        last_word_end = int((last.end - self.time_offset) * SAMPLE_RATE)
+        if self.endpointer.silence_start() == pause_start:  # still in that pause
+            cut = min(end, max(last_word_end, pause_start + (self.buffer.end - pause_start) // 2))
+            self._speculated = ((start, cut), words)  # the final job takes these words as they are
+            self._end_utterance(cut)
+            self.endpointer.end_speech()
+        else:
+            resumed = self.history.first_above(pause_start, self.buffer.end, self.endpointer.on_threshold)
+            if resumed is None:
+                return
+            cut = min(end, max(last_word_end, pause_start + (resumed - pause_start) // 2))
+            self._speculated = ((start, cut), words)
+            self._finals.append((start, cut))
+            self.utterance = Utterance(start=cut, decoded_until=cut)
+            self.endpointer.restart(cut // FRAME)
+        logger.debug("Sentence cut at %.2f s after %r (p=%.2f)", self._t(cut), last.text, last.probability)
 
     def _maybe_cut(self) -> None:
         """Force a final at MAX_UTTERANCE, cutting at the quietest frame of the last 3 seconds."""

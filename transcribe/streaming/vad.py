@@ -120,6 +120,15 @@ class Endpointer:
             return (self.frames - self._silence_run) * FRAME
         return None
 
+    def silence_start(self) -> int | None:
+        """Sample where the current silence inside speech began; None while speaking or outside speech."""
+        return (self.frames - self._silence_run) * FRAME if self.silent_frames else None
+
+    def end_speech(self) -> None:
+        """End the utterance now (the next speech frames start a new one)."""
+        self.in_speech = False
+        self._speech_run = 0
+
     def restart(self, frame: int) -> None:
         """Treat ``frame`` as the start of a new utterance (after a forced cut mid-speech)."""
         self.speech_start = frame
