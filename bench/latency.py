@@ -104,6 +104,7 @@ async def run_config(
                 "final_ms": [round(1000 * x) for x in m.finals],
                 "first_partial_ms": [round(1000 * x) for x in m.first_partials],
                 "lag_max_ms": max((lag for _, lag in m.lag), default=None),
+                "text": m.text,
             }
             for clip, m in zip(clips, sessions, strict=True)
         }

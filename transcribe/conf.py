@@ -146,9 +146,12 @@ DEFAULTS: dict[str, Any] = {
     # hears "Thank you." that the guards then drop. On: that window is decoded only if the VAD
     # heard at least 0.4 s of speech after the last word (transcribe/engines/faster.py).
     "SKIP_SILENT_WINDOWS": True,
-    # A pause too short to end an utterance (MIN_SILENCE) still ends it when the speculative final
-    # decoded at that pause ends a sentence there: read-aloud sentences 0.3 s apart each become
-    # final as they end, instead of with the next one (transcribe/streaming/realtime.py).
+    # When the speculative final decoded at a pause (SPECULATE_AFTER) ends a sentence with a sure
+    # last word, the utterance ends there: at once, not after MIN_SILENCE, and even if speech
+    # resumes (sentences read 0.3 s apart each become final as they end, not with the next one;
+    # final p95 over such pauses 7.9 s -> 0.5 s through the server, bench/RESULTS.md). The next
+    # sentence is then decoded without the audio before it: one server run in four lost a word
+    # to that ("that has an example").
     "SENTENCE_CUTS": True,
     # Give Whisper the session's recent final text as context (better casing and continuity).
     "USE_PROMPT": True,
