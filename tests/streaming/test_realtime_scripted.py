@@ -449,25 +449,17 @@ async def test_a_sentence_ending_at_a_pause_is_final_at_once(audio_dir):
     data, resumed_at = jfk_with_a_pause(audio_dir, 0.25)  # 0.45 s by the VAD, under MIN_SILENCE
     engine = PunctuatingEngine()
     stt = OptimizedRealtimeSTT(engine=engine)
-    fed_at_final: list[float] = []
-    fed = 0
-    collect = stt._on_event
-
-    async def on_event(event):
-        if event["type"] == "final":
-            fed_at_final.append(fed / 2 / SR)
-        await collect(event)
-
-    stt._on_event = on_event
-    for fed in range(CHUNK, len(data) + CHUNK, CHUNK):
-        await stt.process_audio_chunk(data[fed - CHUNK : fed])
-        await asyncio.sleep(0.005)  # 20x real time: the decode at the pause ends inside it
+    in_the_pause = int((resumed_at - 0.1) * SR) * 2  # 0.35 s of silence: past SPECULATE_AFTER
+    await feed(stt, data[:in_the_pause])
+    for _ in range(500):  # no more audio: only the end of the decode at the pause can end it
+        if of(stt.events, "final"):
+            break
+        await asyncio.sleep(0.01)
+    assert len(of(stt.events, "final")) == 1 and stt.utterance is None  # sooner than MIN_SILENCE
+    await feed(stt, data[in_the_pause:])
     await asyncio.wait_for(stt.flush(), 30)
     assert_cut_at_the_pause(stt.events, engine, resumed_at)
-    # Decoded while the pause lasted, the utterance ended there, sooner than MIN_SILENCE would have
-    # ended it: the next sentence is an utterance of its own.
-    assert fed_at_final[0] < resumed_at + 0.2
-    assert len(of(stt.events, "speech_started")) == 2
+    assert len(of(stt.events, "speech_started")) == 2  # the next sentence is an utterance of its own
 
 
 async def test_a_sentence_decoded_after_speech_resumed_is_cut_too(two_sentences):
@@ -478,10 +470,14 @@ async def test_a_sentence_decoded_after_speech_resumed_is_cut_too(two_sentences)
     stt = OptimizedRealtimeSTT(engine=engine)
     split = int((resumed_at + 0.5) * SR) * 2
     await feed(stt, data[:split])
-    assert not stt._idle.is_set() and not of(stt.events, "final")  # the decode at the pause is held
-    hold.set()
-    await asyncio.wait_for(stt._idle.wait(), 5)
-    assert resumed_at - 0.5 < stt.utterance.start / SR < resumed_at  # cut as the decode finished
+    assert not of(stt.events, "final") and stt.utterance is not None
+    uncut = stt.utterance.start
+    hold.set()  # no more audio until the cut: only the end of the decode at the pause can make it
+    for _ in range(500):
+        if stt.utterance.start != uncut:
+            break
+        await asyncio.sleep(0.01)
+    assert resumed_at - 0.5 < stt.utterance.start / SR < resumed_at
     await feed(stt, data[split:])
     await asyncio.wait_for(stt.flush(), 30)
     assert_cut_at_the_pause(stt.events, engine, resumed_at)

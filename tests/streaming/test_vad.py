@@ -153,6 +153,18 @@ def test_speech_ends_after_min_silence():
     assert not ep.in_speech
 
 
+def test_silence_start_and_end_speech():
+    ep = Endpointer()
+    ep.update(probs((HI, 20)))
+    assert ep.silence_start() is None  # speaking
+    ep.update(probs((LO, 5)))
+    assert ep.silence_start() == 20 * FRAME
+    ep.end_speech()  # an utterance ended early (a sentence cut at the pause)
+    assert not ep.in_speech and ep.silence_start() is None
+    assert ep.update(probs((LO, 30))) == []  # no end event for it: it has ended
+    assert ep.update(probs((HI, 3))) == [EndpointEvent("start", 55 * FRAME)]  # a new one starts
+
+
 def test_hysteresis_keeps_speech_between_thresholds():
     ep = Endpointer()
     seq = probs((HI, 5), (LO, 10), (MID, 1), (LO, 15), (MID, 30))
@@ -253,6 +265,9 @@ def test_history_window_and_peak():
     assert h.last_above(0, 6 * FRAME, 0.003) == 6 * FRAME  # frame 5 (0.005) ends there
     assert h.last_above(0, 2 * FRAME + 1, 0.0) == 3 * FRAME  # frame 2 overlaps, ends past the range
     assert h.last_above(0, 3 * FRAME, 0.003) is None  # frames 0-2 are all below
+    assert h.first_above(0, 6 * FRAME, 0.003) == 3 * FRAME  # frame 3 (0.003) begins there
+    assert h.first_above(4 * FRAME + 1, 6 * FRAME, 0.0) == 4 * FRAME  # frame 4 overlaps the range
+    assert h.first_above(0, 6 * FRAME, 0.01) is None
 
 
 def test_history_wrap_around():

@@ -327,17 +327,11 @@ class OptimizedRealtimeSTT:
         (start, end), words = speculated
         if start != utt.start or not self.endpointer.in_speech:
             return  # another utterance's decode
-        last = words[-1] if words else None
-        if (
-            last is None
-            or not last.text.rstrip().endswith(SENTENCE_ENDS)
-            or last.text.rstrip().endswith("..")
-            or last.probability < SENTENCE_CUT_CONFIDENCE
-        ):
-            return
+        # Where the pause began: ``end`` was padded into it by _utterance_end.
         pause_start = end - min(PAD, self.endpointer.min_silence_frames * FRAME // 2)
-        if last.end < self._t(pause_start) - LOOP_SLACK:
-            return  # the decode did not hear the speech up to the pause
+        if not self._ends_a_sentence(words, pause_start):
+            return
+        last = words[-1]
         # Never before the last word's end (Whisper may stretch it into the silence).
         last_word_end = int((last.end - self.time_offset) * SAMPLE_RATE)
         if self.endpointer.silence_start() == pause_start:  # still in that pause
@@ -355,6 +349,19 @@ class OptimizedRealtimeSTT:
             self.utterance = Utterance(start=cut, decoded_until=cut)
             self.endpointer.restart(cut // FRAME)
         logger.debug("Sentence cut at %.2f s after %r (p=%.2f)", self._t(cut), last.text, last.probability)
+
+    def _ends_a_sentence(self, words: list[Word], pause_start: int) -> bool:
+        """The words end a sentence at the pause, and Whisper is sure of the last one."""
+        if not words:
+            return False
+        last = words[-1]
+        text = last.text.rstrip()
+        return (
+            text.endswith(SENTENCE_ENDS)
+            and not text.endswith("..")
+            and last.probability >= SENTENCE_CUT_CONFIDENCE
+            and last.end >= self._t(pause_start) - LOOP_SLACK  # it heard the speech up to the pause
+        )
 
     def _maybe_cut(self) -> None:
         """Force a final at MAX_UTTERANCE, cutting at the quietest frame of the last 3 seconds."""
