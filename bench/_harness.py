@@ -69,6 +69,17 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return {key.strip().upper(): json.loads(value) for key, value in pairs}
 
 
+def write_settings(folder: Path, module: str, overrides: dict[str, Any], extra: str = "") -> str:
+    """Write ``folder/module.py``: the demo project's settings with these ``TRANSCRIBE`` overrides
+    (and ``extra`` lines); returns the module's name, for DJANGO_SETTINGS_MODULE with ``folder`` on
+    the path."""
+    (folder / f"{module}.py").write_text(
+        "from project.settings import *  # noqa: F403\n\n"
+        f"TRANSCRIBE = {{**TRANSCRIBE, **{overrides!r}}}  # noqa: F405\n{extra}"
+    )
+    return module
+
+
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so the ``finally`` that stops the server runs on ``kill`` too."""
 
@@ -470,13 +481,13 @@ class Server:
         return ProcessTree(self.process.pid)
 
     def start(self, timeout: float = 60) -> None:
-        module = f"bench_settings_{self.name}"
-        (self.site.folder / f"{module}.py").write_text(
-            "from project.settings import *  # noqa: F403\n\n"
-            f"TRANSCRIBE = {{**TRANSCRIBE, **{self.overrides!r}}}  # noqa: F405\n"
+        module = write_settings(
+            self.site.folder,
+            f"bench_settings_{self.name}",
+            self.overrides,
             # The level on every line, so that log_problems() can find warnings and errors.
             "LOGGING = {**LOGGING, 'formatters': {'bench': {'format': '%(levelname)s %(name)s %(message)s'}},  # noqa: F405\n"
-            "    'handlers': {'console': {'class': 'logging.StreamHandler', 'formatter': 'bench'}}}\n"
+            "    'handlers': {'console': {'class': 'logging.StreamHandler', 'formatter': 'bench'}}}\n",
         )
         with self.log_path.open("wb") as log:  # a pipe nobody reads could fill up and stall daphne
             self.process = subprocess.Popen(

@@ -79,6 +79,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _harness import parse_overrides, write_settings  # noqa: E402
+
 from tests.conftest import corpus_wer  # noqa: E402
 
 AUDIO = Path(os.environ.get("TRANSCRIBE_TEST_AUDIO", ROOT.parent / "shared" / "audio"))
@@ -356,12 +358,9 @@ class OursBaseline(Ours):
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         cmd, env, cwd = super().command()
-        (self.folder / "baseline_settings.py").write_text(
-            "from project.settings import *  # noqa: F403\n"
-            f"TRANSCRIBE = {{**TRANSCRIBE, **{self.overrides!r}}}  # noqa: F405\n"
-        )
+        module = write_settings(self.folder, "baseline_settings", self.overrides)
         path = os.pathsep.join(p for p in (str(self.folder), str(ROOT), env.get("PYTHONPATH", "")) if p)
-        return cmd, {**env, "DJANGO_SETTINGS_MODULE": "baseline_settings", "PYTHONPATH": path}, cwd
+        return cmd, {**env, "DJANGO_SETTINGS_MODULE": module, "PYTHONPATH": path}, cwd
 
 
 def _peer_env() -> dict[str, str]:
@@ -804,8 +803,6 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     if args.baseline:
-        from _harness import parse_overrides
-
         OursBaseline.overrides = parse_overrides(args.baseline)
         systems.append("baseline")
     if set(systems) - {"ours", "baseline"} and not (VENV / "bin" / "python").exists():

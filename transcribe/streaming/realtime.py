@@ -301,7 +301,12 @@ class OptimizedRealtimeSTT:
         pause and the endpoint itself all agree on the range."""
         waited = self.endpointer.min_silence_frames * FRAME
         silence = waited if silence is None else min(silence, waited)  # a soft endpoint waits less
-        return silence_start + min(PAD, silence // 2)
+        return silence_start + self._end_padding(silence)
+
+    @staticmethod
+    def _end_padding(silence: int) -> int:
+        """Samples of a silence an utterance ending at its start keeps: half of it, at most PAD."""
+        return min(PAD, silence // 2)
 
     def _end_utterance(self, end: int) -> None:
         assert self.utterance is not None
@@ -328,23 +333,25 @@ class OptimizedRealtimeSTT:
         if start != utt.start or not self.endpointer.in_speech:
             return  # another utterance's decode
         # Where the pause began: ``end`` was padded into it by _utterance_end.
-        pause_start = end - min(PAD, self.endpointer.min_silence_frames * FRAME // 2)
+        pause_start = end - self._end_padding(self.endpointer.min_silence_frames * FRAME)
         if not self._ends_a_sentence(words, pause_start):
             return
+        in_the_pause = self.endpointer.silence_start() == pause_start
+        if in_the_pause:
+            silence_end: int | None = self.buffer.end
+        else:
+            silence_end = self.history.first_above(pause_start, self.buffer.end, self.endpointer.on_threshold)
+            if silence_end is None:
+                return
         last = words[-1]
         # Never before the last word's end (Whisper may stretch it into the silence).
         last_word_end = int((last.end - self.time_offset) * SAMPLE_RATE)
-        if self.endpointer.silence_start() == pause_start:  # still in that pause
-            cut = min(end, max(last_word_end, pause_start + (self.buffer.end - pause_start) // 2))
-            self._speculated = ((start, cut), words)  # the final job takes these words as they are
+        cut = min(end, max(last_word_end, pause_start + (silence_end - pause_start) // 2))
+        self._speculated = ((start, cut), words)  # the final job takes these words as they are
+        if in_the_pause:
             self._end_utterance(cut)
             self.endpointer.end_speech()
-        else:
-            resumed = self.history.first_above(pause_start, self.buffer.end, self.endpointer.on_threshold)
-            if resumed is None:
-                return
-            cut = min(end, max(last_word_end, pause_start + (resumed - pause_start) // 2))
-            self._speculated = ((start, cut), words)
+        else:  # speech resumed: the utterance goes on from the cut
             self._finals.append((start, cut))
             self.utterance = Utterance(start=cut, decoded_until=cut)
             self.endpointer.restart(cut // FRAME)
