@@ -149,8 +149,8 @@ DEFAULTS: dict[str, Any] = {
     # When the speculative final decoded at a pause (SPECULATE_AFTER) ends a sentence with a sure
     # last word, the utterance ends there: at once, not after MIN_SILENCE, and even if speech
     # resumes (sentences read 0.3 s apart each become final as they end, not with the next one;
-    # final p95 over such pauses 7.9 s -> 0.5 s through the server, bench/RESULTS.md). The next
-    # sentence is then decoded without the audio before it: one server run in four lost a word
+    # final p95 over such pauses 7.9 s -> 0.4 s through the server, bench/RESULTS.md). The next
+    # sentence is then decoded without the audio before it: two server runs in five lost a word
     # to that ("that has an example").
     "SENTENCE_CUTS": True,
     # Give Whisper the session's recent final text as context (better casing and continuity).
