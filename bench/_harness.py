@@ -64,9 +64,17 @@ BASELINE_OVERRIDES: dict[str, Any] = {
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
-    """``KEY=VALUE,...`` of TRANSCRIBE settings (values as JSON: 0 → int, 0.5 → float)."""
+    """``KEY=VALUE,...`` of TRANSCRIBE settings (values as JSON: 0 → int, 0.5 → float, false; a
+    value that is not JSON is a string: VAD_RUNTIME=onnxruntime)."""
     pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
-    return {key.strip().upper(): json.loads(value) for key, value in pairs}
+    return {key.strip().upper(): _setting_value(value.strip()) for key, value in pairs}
+
+
+def _setting_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def write_settings(folder: Path, module: str, overrides: dict[str, Any], extra: str = "") -> str:

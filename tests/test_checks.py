@@ -153,6 +153,7 @@ def test_e004_daphne_without_staticfiles_is_fine():
         {"LANGUAGE": "a-very-long-language"},
         {"DEVICE": "gpu"},
         {"INFERENCE": "remote"},
+        {"VAD_RUNTIME": "torch"},
         {"INFERENCE": "channels"},  # remote workers: not available yet
     ],
 )
@@ -162,7 +163,14 @@ def test_e005_invalid_values(overrides):
 
 
 @pytest.mark.parametrize(
-    "overrides", [{"LANGUAGE": None}, {"LANGUAGE": "en"}, {"LANGUAGE": "zh-Hant"}, {"DEVICE": "cuda"}]
+    "overrides",
+    [
+        {"LANGUAGE": None},
+        {"LANGUAGE": "en"},
+        {"LANGUAGE": "zh-Hant"},
+        {"DEVICE": "cuda"},
+        {"VAD_RUNTIME": "onnxruntime"},
+    ],
 )
 def test_e005_valid_values(overrides):
     with override_settings(TRANSCRIBE=overrides):

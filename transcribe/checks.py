@@ -5,7 +5,7 @@ IDs:
 - ``transcribe.E002`` ENGINE is neither a known engine nor an importable class path.
 - ``transcribe.E003`` a numeric setting is out of range.
 - ``transcribe.E004`` ``daphne`` missing from INSTALLED_APPS, or listed after staticfiles.
-- ``transcribe.E005`` LANGUAGE/DEVICE/INFERENCE has an invalid value.
+- ``transcribe.E005`` LANGUAGE/DEVICE/INFERENCE/VAD_RUNTIME has an invalid value.
 - ``transcribe.W001`` InMemoryChannelLayer with DEBUG=False (not for production).
 """
 
@@ -100,6 +100,10 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
         )
     if merged["DEVICE"] not in ("cpu", "cuda", "auto"):
         errors.append(Error("TRANSCRIBE['DEVICE'] must be 'cpu', 'cuda' or 'auto'.", id="transcribe.E005"))
+    if merged["VAD_RUNTIME"] not in ("numpy", "onnxruntime"):
+        errors.append(
+            Error("TRANSCRIBE['VAD_RUNTIME'] must be 'numpy' or 'onnxruntime'.", id="transcribe.E005")
+        )
     if merged["INFERENCE"] not in ("local", "channels"):
         errors.append(Error("TRANSCRIBE['INFERENCE'] must be 'local' or 'channels'.", id="transcribe.E005"))
     layer = getattr(settings, "CHANNEL_LAYERS", {}).get("default", {}).get("BACKEND", "")

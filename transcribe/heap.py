@@ -7,8 +7,8 @@ allocations did not grow). Trimming after an inference job, at most every ``TRIM
 keeps a long-running server flat; it costs a few milliseconds on the inference thread.
 
 glibc also gives every thread that allocates while another holds the lock an arena of its own, up
-to 8 per core, and each keeps its own free memory: daphne's, asgiref's, the executor's, CTranslate2's
-and onnxruntime's threads. ``tune_allocator`` caps them at ``ARENA_MAX`` when the app starts, before
+to 8 per core, and each keeps its own free memory: daphne's, asgiref's, the executor's and CTranslate2's
+threads. ``tune_allocator`` caps them at ``ARENA_MAX`` when the app starts, before
 those threads exist (``bench/memory.py`` measures both against glibc's defaults).
 
 CTranslate2's x86 build links Intel MKL, whose own memory manager keeps every buffer it freed for

@@ -33,8 +33,8 @@ def one_shot_probs(audio: np.ndarray) -> np.ndarray:
     return np.asarray(get_vad_model()(padded)).reshape(-1)[:-1]
 
 
-def stream_probs(audio: np.ndarray, sizes) -> np.ndarray:
-    vad = StreamingVAD()
+def stream_probs(audio: np.ndarray, sizes, runtime: str = "numpy") -> np.ndarray:
+    vad = StreamingVAD(runtime)
     out, i = [], 0
     for size in sizes:
         if i >= len(audio):
@@ -48,12 +48,13 @@ def stream_probs(audio: np.ndarray, sizes) -> np.ndarray:
 # -- StreamingVAD -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("runtime", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("sizes", ["random", 4000, 512, 100, 16000], ids=str)
-def test_streaming_probabilities_equal_one_shot(jfk, sizes):
+def test_streaming_probabilities_equal_one_shot(jfk, sizes, runtime):
     rng = np.random.default_rng(0)
     plan = rng.integers(1, 9000, size=len(jfk)) if sizes == "random" else [sizes] * len(jfk)
     expected = one_shot_probs(jfk)
-    got = stream_probs(jfk, plan)
+    got = stream_probs(jfk, plan, runtime)
     assert len(got) == len(jfk) // FRAME == len(expected)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert got.dtype == np.float32

@@ -73,6 +73,7 @@ class StreamingConfig:
     soft_utterance: float = 4.0
     soft_silence: float = 0.2
     vad_threshold: float = 0.5
+    vad_runtime: str = "numpy"
     beam_size: int = 5
     partial_beam_size: int = 1
     status_interval: float = 1.0
@@ -131,7 +132,7 @@ class OptimizedRealtimeSTT:
         self.scheduler = scheduler or InferenceScheduler()
         self.buffer = OptimizedAudioBuffer(max_seconds=self.cfg.max_utterance + 15)
         self.decoder = make_decoder(fmt, self._on_pcm, self._on_decode_error)
-        self.vad = StreamingVAD()
+        self.vad = StreamingVAD(self.cfg.vad_runtime)
         self.endpointer = Endpointer(
             threshold=self.cfg.vad_threshold,
             min_silence=self.cfg.min_silence,
