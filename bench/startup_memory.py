@@ -1,4 +1,4 @@
-"""Resident memory of a server that is ready for its first session: deferred imports against none.
+"""Resident memory of a server that is ready for its first session: ours against two baselines.
 
     python bench/startup_memory.py [--repeat 3] [--verbose]
 
@@ -11,11 +11,13 @@ FFmpeg's libavcodec is mapped into it:
 - baseline: PyAV (FFmpeg's libraries) imported before Django starts, as faster-whisper's own import
   does when nothing defers it (for ``decode_audio``, which the app never calls); the rest in the
   same order as ours, so the app's start-up settings (``transcribe.heap``) apply to both alike;
+- vad_onnxruntime: the shipped start-up, but the Silero VAD on onnxruntime
+  (``VAD_RUNTIME="onnxruntime"``) instead of numpy;
 - ours: the shipped start-up, where ``transcribe.lazy_imports.defer_unused`` lets ``import av``
-  return a module that loads on first use.
+  return a module that loads on first use, and the VAD runs on numpy.
 
-Prints one JSON line with the median RSS of ``--repeat`` runs per configuration and the ratio
-baseline / ours.
+Prints one JSON line with the median RSS of ``--repeat`` runs per configuration and the ratios
+baseline / ours and vad_onnxruntime / ours.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = Path(os.environ.get("TRANSCRIBE_TEST_AUDIO") or ROOT.parent / "shared" / "audio")
-CONFIGS = ("baseline", "ours")
+CONFIGS = ("baseline", "vad_onnxruntime", "ours")
 
 
 def child(config: str) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def child(config: str) -> dict[str, Any]:
     from transcribe.streaming.vad import StreamingVAD
 
     speech = load_wav(AUDIO / "jfk.wav")
-    StreamingVAD().process(speech)
+    StreamingVAD("onnxruntime" if config == "vad_onnxruntime" else "numpy").process(speech)
     for _ in range(3):  # RSS settles after the first few decodes (the first alone is bimodal)
         get_engine().transcribe_numpy(speech, "en", DecodeOptions(beam_size=5, word_timestamps=True))
     # Read here rather than through _harness.ProcessTree: importing the harness (and the client it
@@ -89,10 +91,11 @@ def main() -> None:
         for config, rows in runs.items()
     }
     base, ours = results["baseline"]["rss_mib"], results["ours"]["rss_mib"]
+    vad = results["vad_onnxruntime"]["rss_mib"]
     if args.verbose:
         for config, row in results.items():
             print(
-                f"{config:<9} RSS {row['rss_mib']:.1f} MiB {row['rss_mib_runs']} "
+                f"{config:<15} RSS {row['rss_mib']:.1f} MiB {row['rss_mib_runs']} "
                 f"libavcodec mapped: {row['libavcodec_mapped']}",
                 file=sys.stderr,
             )
@@ -103,6 +106,8 @@ def main() -> None:
                 **results,
                 "saved_mib": round(base - ours, 1),
                 "ratio_baseline_over_ours": round(base / ours, 3),
+                "vad_saved_mib": round(vad - ours, 1),
+                "ratio_vad_onnxruntime_over_ours": round(vad / ours, 3),
             }
         )
     )

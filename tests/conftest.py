@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import re
+import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DEFAULT_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_AUDIO = ROOT.parent / "shared" / "audio"
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,21 @@ def load_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
         return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def run_python(script: str, *args: str) -> dict:
+    """Run ``script`` in a fresh interpreter at the repository's root (what a process has imported
+    can only be seen in one that nothing else ran in); its last line of output, as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def normalize(text: str) -> str:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_python
 from transcribe import lazy_imports
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The engine's imports in a fresh process with the app started, then faster-whisper's file decoder.
 ENGINE_IMPORTS = """
@@ -35,17 +32,7 @@ print(json.dumps({"mapped_before_use": before, "mapped_after_use": mapped("libav
 
 
 def test_the_app_keeps_pyav_unloaded_until_faster_whisper_decodes_a_file(audio_dir: Path) -> None:
-    clip = audio_dir / "jfk.wav"
-    out = subprocess.run(
-        [sys.executable, "-c", ENGINE_IMPORTS, str(clip)],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_python(ENGINE_IMPORTS, str(audio_dir / "jfk.wav"))
     assert result["mapped_before_use"] is False  # imported by faster-whisper, not loaded
     assert result["mapped_after_use"] is True  # loaded on first use, and it worked:
     assert result["samples"] == pytest.approx(11.0 * 16_000, abs=16_000)  # jfk.wav is 11 s

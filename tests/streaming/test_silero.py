@@ -3,20 +3,15 @@ reader of ONNX weights, and the fallback to onnxruntime for a model it does not 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import load_wav
+from tests.conftest import load_wav, run_python
 from transcribe.streaming import silero
 
-ROOT = Path(__file__).resolve().parents[2]
 FRAME, CONTEXT = 512, 64
 
 
@@ -112,15 +107,6 @@ print(json.dumps({"onnxruntime": "onnxruntime" in sys.modules, "faster_whisper":
 
 
 def test_the_vad_loads_neither_onnxruntime_nor_faster_whisper(audio_dir):
-    out = subprocess.run(
-        [sys.executable, "-c", SERVER_IMPORTS, str(audio_dir / "jfk.wav")],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_python(SERVER_IMPORTS, str(audio_dir / "jfk.wav"))
     assert result == {"onnxruntime": False, "faster_whisper": False, "speech_frames": result["speech_frames"]}
     assert result["speech_frames"] > 150  # JFK speaks for most of his 11 s (343 frames)

@@ -1,11 +1,12 @@
 """Silero VAD (the v6 model faster-whisper ships) evaluated with numpy instead of onnxruntime.
 
 The model is small (310k weights: an STFT as a convolution, four 1-D convolutions, one LSTM cell,
-a linear read-out), but onnxruntime costs a server ~40 MiB of resident memory to run it: its
-library, a session and its arena. Here its weights are read straight from the ``.onnx`` file
-(protobuf, of which only the initializers are needed) and the forward pass is a few matrix
-products per 32 ms frame. ``tests/streaming/test_vad.py`` checks it against faster-whisper's own
-onnxruntime call on real speech.
+a linear read-out), but onnxruntime costs a server 30-50 MiB of resident memory to run it (its
+library, a session and its arena; ``bench/concurrency.py --baseline VAD_RUNTIME=onnxruntime``).
+Here the weights are read straight from the ``.onnx`` file (protobuf, of which only the
+initializers are needed) and a call is a few matrix products, then one LSTM step per frame; it is
+as fast as onnxruntime's call. ``tests/streaming/test_silero.py`` and ``test_vad.py`` check it
+against onnxruntime, faster-whisper's own call included, on real speech.
 
 ``TRANSCRIBE["VAD_RUNTIME"] = "onnxruntime"`` runs the same file on onnxruntime instead (the
 benchmarks' baseline), as does a file that does not hold the expected weights (a faster-whisper
@@ -88,9 +89,9 @@ def load_model(runtime: str = "numpy") -> VadModel:
 
 class NumpySilero:
     """Before its LSTM, Silero is linear maps and ReLUs on inputs of a fixed size (576 samples; then
-    4 STFT steps of 129 bins; then 4, 2, 1 and 1 time steps of the convolutions), so each layer is
-    folded at load into one dense matrix: a call is a few matrix products, whatever the number of
-    frames, and then one LSTM step per frame."""
+    4 STFT steps of 129 bins; then 4, 2, 1 and 1 time steps through the convolutions), so each
+    convolution is folded at load into one dense matrix: a call is the same six matrix products
+    whatever the number of frames, and then one LSTM step per frame."""
 
     def __init__(self, weights: dict[str, Array]) -> None:
         basis = weights["encoder.feature_extractor.forward_basis_buffer"][:, 0, :]  # (258, 256)
