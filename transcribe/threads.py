@@ -2,9 +2,10 @@
 
 numpy's OpenBLAS starts one thread per core, and after each call its idle threads spin for a while
 before they sleep. The only BLAS work here is tiny (faster-whisper's mel filterbank, one small
-matrix product per decode; the Silero VAD's products, a few per 250 ms chunk), yet on the 2-core box the spinning cost 0.18 CPU-seconds per second of
-streamed audio, a third of the server's CPU, with no latency gained (bench/latency.py,
-``BLAS_THREADS`` 1 against 0). CTranslate2 keeps its own thread pool and is not affected.
+matrix product per decode; the Silero VAD's products, a few per 250 ms chunk), yet on the 2-core
+box the spinning cost 0.18 CPU-seconds per second of streamed audio, a third of the server's CPU,
+with no latency gained (bench/latency.py, ``BLAS_THREADS`` 1 against 0). CTranslate2 keeps its own
+thread pool and is not affected.
 """
 
 from __future__ import annotations

@@ -11,8 +11,7 @@ import pytest
 
 from tests.conftest import load_wav, run_python
 from transcribe.streaming import silero
-
-FRAME, CONTEXT = 512, 64
+from transcribe.streaming.vad import CONTEXT, FRAME
 
 
 def frames_of(audio: np.ndarray) -> np.ndarray:

@@ -78,13 +78,13 @@ def model_path() -> Path:
 @functools.cache
 def load_model(runtime: str = "numpy") -> VadModel:
     """The model on ``runtime`` (TRANSCRIBE["VAD_RUNTIME"]): "numpy", or "onnxruntime"."""
-    path = model_path()
     if runtime == "numpy":
+        path = model_path()
         try:
             return NumpySilero(read_initializers(path.read_bytes(), WEIGHTS))
         except ValueError as exc:
             logger.warning("Silero VAD runs on onnxruntime: %s is not the model expected: %s", path, exc)
-    return OnnxSilero(path)
+    return OnnxSilero()
 
 
 class NumpySilero:
@@ -154,14 +154,12 @@ def _conv_matrix(weight: Array, steps: int, stride: int) -> tuple[Array, int]:
 
 
 class OnnxSilero:
-    def __init__(self, path: Path) -> None:
-        import onnxruntime
+    """faster-whisper's own onnxruntime session for the model (the same file, its options)."""
 
-        options = onnxruntime.SessionOptions()
-        options.inter_op_num_threads = options.intra_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(
-            str(path), providers=["CPUExecutionProvider"], sess_options=options
-        )
+    def __init__(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self.session = get_vad_model().session
 
     def __call__(self, frames: Array, h: Array, c: Array) -> tuple[Array, Array, Array]:
         probs, h, c = self.session.run(None, {"input": frames, "h": h, "c": c})

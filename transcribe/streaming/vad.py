@@ -2,7 +2,8 @@
 
 ``faster_whisper.vad.get_speech_timestamps`` is stateless per call; here the LSTM state and the
 64-sample context carry over from chunk to chunk, so each 32 ms frame is scored exactly once
-(about 0.4 ms of CPU per 250 ms chunk, in numpy: ``transcribe.streaming.silero``) and gives the same probabilities as one offline call.
+(about 0.4 ms of CPU per 250 ms chunk, in numpy: ``transcribe.streaming.silero``) and gives the
+same probabilities as one offline call.
 ``Endpointer`` turns those probabilities into utterance starts and ends.
 """
 
