@@ -123,7 +123,7 @@ DEFAULTS: dict[str, Any] = {
     # Silero speech probability above which a 32 ms frame counts as speech.
     "VAD_THRESHOLD": 0.5,
     # What runs the Silero model: "numpy" (its weights read from faster-whisper's .onnx file) or
-    # "onnxruntime". The same probabilities (within 1e-6); numpy saves a server ~40 MiB of memory.
+    # "onnxruntime". The same probabilities (within 1e-6); numpy saves a server 23-36 MiB of memory.
     "VAD_RUNTIME": "numpy",
     # Beam size of final decodes and of partial decodes.
     "BEAM_SIZE": 5,

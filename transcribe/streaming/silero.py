@@ -1,8 +1,8 @@
 """Silero VAD (the v6 model faster-whisper ships) evaluated with numpy instead of onnxruntime.
 
 The model is small (310k weights: an STFT as a convolution, four 1-D convolutions, one LSTM cell,
-a linear read-out), but onnxruntime costs a server 30-50 MiB of resident memory to run it (its
-library, a session and its arena; ``bench/concurrency.py --baseline VAD_RUNTIME=onnxruntime``).
+a linear read-out), but onnxruntime costs a server 23-36 MiB of resident memory to run it (its
+library and a session; ``bench/concurrency.py --baseline VAD_RUNTIME=onnxruntime``).
 Here the weights are read straight from the ``.onnx`` file (protobuf, of which only the
 initializers are needed) and a call is a few matrix products, then one LSTM step per frame; it is
 as fast as onnxruntime's call. ``tests/streaming/test_silero.py`` and ``test_vad.py`` check it
