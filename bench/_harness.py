@@ -18,6 +18,7 @@ frame that carries it was sent.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.conftest import corpus_wer, normalize, wer  # noqa: E402
+from tests.conftest import corpus_wer, normalize, wer, word_errors  # noqa: E402
 from transcribe.client import StreamResult, stream_audio  # noqa: E402
 
 __all__ = ["corpus_wer", "normalize", "wer"]
@@ -661,6 +662,13 @@ async def warm_up(server: Server) -> None:
     m = await stream(server, read_pcm(speech_clips()[0])[: 3 * BYTES_PER_SECOND], speed=0, stop_timeout=60)
     if m.errors or m.close_code not in (None, 1000):
         raise SystemExit(f"warm-up session failed: {m.errors or m.close_code}\n{server.log_tail()}")
+
+
+def word_error_counts(pairs: list[tuple[str, str]]) -> dict[str, int]:
+    """The runs of wrong words over (reference, text) pairs, most frequent first: what a WER is made
+    of, so that two runs or two systems can be compared word by word."""
+    counts = collections.Counter(e for ref, text in pairs if ref.strip() for e in word_errors(ref, text))
+    return dict(counts.most_common())
 
 
 def lost_finals(site: Site, sessions: list[SessionMetrics]) -> int:

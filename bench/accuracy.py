@@ -97,6 +97,8 @@ def main() -> None:
             row["offline_wer"] = round(h.wer(refs[n], offline_text[n]), 4)
             row["streaming_wer"] = round(h.wer(refs[n], stream_text[n]), 4)
             row["diff_points"] = round(100 * (row["streaming_wer"] - row["offline_wer"]), 2)
+            row["offline_errors"] = h.word_errors(refs[n], offline_text[n])
+            row["streaming_errors"] = h.word_errors(refs[n], stream_text[n])
         else:
             row["offline_words"] = words(offline_text[n])
             row["streaming_words"] = words(stream_text[n])
@@ -121,7 +123,8 @@ def main() -> None:
         for r in clips:
             if r.get("diff_points"):
                 print(
-                    f"{r['clip']}\n  offline:   {r['offline_text']}\n  streaming: {r['streaming_text']}",
+                    f"{r['clip']}\n  offline:   {r['offline_text']}\n  streaming: {r['streaming_text']}"
+                    f"\n  errors, offline {r['offline_errors']}, streaming {r['streaming_errors']}",
                     file=sys.stderr,
                 )
     h.emit(

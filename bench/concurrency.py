@@ -93,6 +93,7 @@ async def run_level(
         "children_pss_max_mib": sampler.max("children_pss_mib"),
         "finals": len(finals),
         "wer": round(h.corpus_wer([(audio.reference, m.text) for m in streamed]), 4) if streamed else None,
+        "word_errors": h.word_error_counts([(audio.reference, m.text) for m in streamed]),
         "close_codes": codes,
         "errors": sorted({e for m in sessions for e in m.errors}),
         "timed_out": sum(m.timed_out for m in sessions),

@@ -99,6 +99,7 @@ async def run_config(
             cpu_s = tree.cpu_seconds() - cpu0
         row = summarize(sessions, sum(m.audio_s for m in sessions), cpu_s, sampler)
         row["wer"] = round(h.corpus_wer(pairs), 4)
+        row["word_errors"] = h.word_error_counts(pairs)
         row["per_clip"] = {
             clip: {
                 "final_ms": [round(1000 * x) for x in m.finals],

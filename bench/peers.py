@@ -79,7 +79,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _harness import parse_overrides, write_settings  # noqa: E402
+from _harness import parse_overrides, word_error_counts, write_settings  # noqa: E402
 
 from tests.conftest import corpus_wer  # noqa: E402
 
@@ -621,6 +621,7 @@ class Tally:
             "utterances": utterances,
             "missed": missed,
             "wer": round(corpus_wer([(refs[s.clip], s.text) for s in speech]), 4) if speech else None,
+            "word_errors": word_error_counts([(refs[s.clip], s.text) for s in speech]),
             "cpu_s_per_audio_s": round(self.cpu / self.streamed, 3) if self.streamed else None,
             "peak_rss_mib": round(self.peak_rss, 1),
             "wall_s": round(self.wall, 1),
@@ -864,6 +865,10 @@ def main() -> None:
     if args.verbose:
         for key in map(label, args.clients):
             print("\n".join(table(results, key, args.alt_gap_ms)), file=sys.stderr)
+        for name, res in results.items():
+            for key, row in res.items():
+                if isinstance(row, dict) and row.get("word_errors"):
+                    print(f"word errors {name}/{key}: {row['word_errors']}", file=sys.stderr)
         for name, r in ratios.items():
             print(f"theirs/ours {name}: {r}", file=sys.stderr)
     print(

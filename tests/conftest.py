@@ -91,6 +91,29 @@ def corpus_wer(pairs: list[tuple[str, str]]) -> float:
     return float(jiwer.wer(refs, hyps))
 
 
+def word_errors(reference: str, hypothesis: str) -> list[str]:
+    """Each run of wrong words as "reference -> hypothesis" ("-" for none), in order: what a WER
+    figure is made of ("my -> am i", "woodcutters -> wood cutters")."""
+    import jiwer
+
+    ref, hyp = normalize(reference).split(), normalize(hypothesis).split()
+    if not ref or not hyp:
+        return [f"{' '.join(ref) or '-'} -> {' '.join(hyp) or '-'}"] if ref or hyp else []
+    errors: list[str] = []
+    run: list[int] | None = None  # [ref_start, ref_end, hyp_start, hyp_end] of the current run
+    for chunk in [*jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0], None]:
+        if chunk is not None and chunk.type != "equal":
+            if run is None:
+                run = [chunk.ref_start_idx, chunk.ref_end_idx, chunk.hyp_start_idx, chunk.hyp_end_idx]
+            run[1], run[3] = chunk.ref_end_idx, chunk.hyp_end_idx
+            continue
+        if run is not None:
+            said, heard = " ".join(ref[run[0] : run[1]]), " ".join(hyp[run[2] : run[3]])
+            errors.append(f"{said or '-'} -> {heard or '-'}")
+            run = None
+    return errors
+
+
 @pytest.fixture(autouse=True)
 def forget_connections() -> Iterator[None]:
     """Consumers register themselves in class-level sets (MAX_SESSIONS, resume); a test that leaves

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import corpus_wer, load_wav, normalize
+from tests.conftest import corpus_wer, load_wav, normalize, word_errors
 from transcribe.engines import DecodeOptions, get_engine
 from transcribe.engines.openai import FALLBACK_TEMPERATURES
 from transcribe.streaming.replay import replay
@@ -73,3 +73,13 @@ async def test_a_sentence_before_a_short_pause_is_its_own_final(audio_dir: Path,
         assert texts[0] == "in being comparatively modern" and texts[1].startswith("for although")
     else:
         assert texts[0].startswith("in being comparatively modern for although")
+
+
+def test_word_errors_name_each_wrong_run() -> None:
+    # What the benches print beside a WER: the runs of wrong words, merged, in order.
+    said = "And so, my fellow Americans: ask not what your country can do for you."
+    heard = "And so am I fellow Americans, ask not like your country can do for you"
+    assert word_errors(said, heard) == ["my -> am i", "what -> like"]
+    assert word_errors(said, said.upper()) == []
+    assert word_errors("", "Thank you.") == ["- -> thank you"]
+    assert word_errors("the woodcutters", "the wood cutters") == ["woodcutters -> wood cutters"]
