@@ -31,6 +31,8 @@ import django  # noqa: E402
 
 django.setup()
 
+from _harness import word_error_counts  # noqa: E402
+
 from tests.conftest import corpus_wer  # noqa: E402
 from transcribe.engines import get_engine  # noqa: E402
 from transcribe.streaming.replay import replay  # noqa: E402
@@ -73,6 +75,7 @@ async def run(
         "first_partial_p50_ms": pct(partials, 50),
         "inference_s_per_audio_s": round(busy / audio, 3),
         "wer": round(corpus_wer([p for p in pairs if p[0]]), 4),
+        "word_errors": word_error_counts(pairs),
     }
 
 
