@@ -1,6 +1,6 @@
 """Per-chunk server handling time, inference excluded: the seed's naive pipeline vs ours.
 
-    python bench/chunk_overhead.py [--seconds 30] [--chunk-ms 250] [--verbose]
+    python bench/chunk_overhead.py [--seconds 30] [--chunk-ms 250] [--set vad_runtime=onnxruntime] [--verbose]
 
 Both pipelines get the same WebM/Opus stream (a real clip from ../shared/audio, encoded once,
 looped to --seconds) in the same process, chunk by chunk as a browser's MediaRecorder sends it.
@@ -11,7 +11,8 @@ looped to --seconds) in the same process, chunk by chunk as a browser's MediaRec
   every 5th chunk.
 - after: ``OptimizedRealtimeSTT.process_audio_chunk`` with one persistent ffmpeg through asyncio
   pipes (WebM), or no decoder at all (pcm_s16le); VAD and endpointing included, inference
-  excluded (a no-op engine).
+  excluded (a no-op engine). ``--set`` passes streaming settings (``StreamingConfig`` fields) to
+  it, to time one lever: ``--set vad_runtime=onnxruntime``.
 
 Prints one JSON line; ratios are before/after in this run.
 """
@@ -154,9 +155,9 @@ def before(chunks: list[bytes]) -> list[float]:
     return times
 
 
-async def after(chunks: list[bytes], fmt: str, chunk_ms: int) -> list[float]:
+async def after(chunks: list[bytes], fmt: str, chunk_ms: int, config: dict[str, str]) -> list[float]:
     """Ours: time in process_audio_chunk plus the PCM callbacks it causes (VAD, buffer, events)."""
-    stt = OptimizedRealtimeSTT(engine=NoInference(), fmt=fmt)
+    stt = OptimizedRealtimeSTT(engine=NoInference(), fmt=fmt, **config)
     times = []
     for chunk in chunks:
         stt.stats.seconds.clear()
@@ -198,8 +199,15 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chunk-ms", type=int, default=250)
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE,...",
+        default="",
+        help="streaming settings for our pipeline, e.g. vad_runtime=onnxruntime",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    config = dict(item.split("=", 1) for item in args.set.split(",") if item)
 
     pcm = load_stream(args.seconds)
     webm_chunks = encode_webm_chunks(pcm, args.chunk_ms)
@@ -207,16 +215,17 @@ def main() -> None:
     step = SAMPLE_RATE * 2 * args.chunk_ms // 1000
     pcm_chunks = [pcm_bytes[i : i + step] for i in range(0, len(pcm_bytes), step)]
 
-    asyncio.run(after(pcm_chunks[:8], "pcm_s16le", args.chunk_ms))  # warm-up: VAD model, imports
+    asyncio.run(after(pcm_chunks[:8], "pcm_s16le", args.chunk_ms, config))  # warm-up: VAD model, imports
     before_times, before_peak = measure(lambda: before(webm_chunks))
-    webm_times, webm_peak = measure(lambda: asyncio.run(after(webm_chunks, "webm", args.chunk_ms)))
-    pcm_times, pcm_peak = measure(lambda: asyncio.run(after(pcm_chunks, "pcm_s16le", args.chunk_ms)))
+    webm_times, webm_peak = measure(lambda: asyncio.run(after(webm_chunks, "webm", args.chunk_ms, config)))
+    pcm_times, pcm_peak = measure(lambda: asyncio.run(after(pcm_chunks, "pcm_s16le", args.chunk_ms, config)))
     b, w, p = stats(before_times), stats(webm_times), stats(pcm_times)
     result = {
         "bench": "chunk_overhead",
         "audio_seconds": args.seconds,
         "chunk_ms": args.chunk_ms,
         "chunks": len(webm_chunks),
+        "settings": config,
         "before_webm": {**b, "peak_alloc_mib": round(before_peak / 2**20, 2)},
         "after_webm": {**w, "peak_alloc_mib": round(webm_peak / 2**20, 2)},
         "after_pcm": {**p, "peak_alloc_mib": round(pcm_peak / 2**20, 2)},
