@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import wave
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from transcribe.engines.base import DecodeOptions, Segment, STTEngine, Transcrip
 from transcribe.exceptions import EngineError
 from transcribe.streaming import OptimizedRealtimeSTT, RealtimeSTT
 from transcribe.streaming.realtime import FINAL_ATTEMPTS, PAD, PARTIAL_QUIET
+from transcribe.streaming.replay import pcm_s16le
 from transcribe.streaming.vad import FRAME
 
 SR = 16_000
@@ -228,6 +230,18 @@ async def test_noise_gives_no_events_but_status(audio_dir):
 
 def test_realtime_alias():
     assert RealtimeSTT is OptimizedRealtimeSTT
+
+
+def test_a_replay_streams_the_files_own_bytes(audio_dir: Path):
+    # What a client streaming the WAV sends, sample for sample, and the decoder reads it back.
+    with wave.open(str(audio_dir / "jfk.wav")) as w:
+        raw = w.readframes(w.getnframes())
+    samples = load_wav(audio_dir / "jfk.wav")
+    assert pcm_s16le(samples) == raw
+    assert (
+        pcm_s16le(np.array([-1.5, -1.0, 1.0, 1.5], np.float32))
+        == np.array([-32768, -32768, 32767, 32767], "<i2").tobytes()
+    )  # full scale clips instead of wrapping
 
 
 # -- engine errors ----------------------------------------------------------------------------
