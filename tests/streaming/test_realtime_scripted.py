@@ -101,18 +101,14 @@ class ScriptedEngine:
         return Transcription((segment,), language="en", duration=seconds)
 
 
-def pcm(audio: np.ndarray) -> bytes:
-    return np.round(np.clip(audio, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
-
-
 @pytest.fixture(scope="module")
 def jfk(audio_dir: Path) -> bytes:
-    return pcm(load_wav(audio_dir / "jfk.wav"))  # 11 s, four phrases
+    return pcm_s16le(load_wav(audio_dir / "jfk.wav"))  # 11 s, four phrases
 
 
 @pytest.fixture(scope="module")
 def lj(audio_dir: Path) -> bytes:
-    return pcm(load_wav(audio_dir / "ljspeech_LJ001-0001_to_0008.wav"))  # 52 s of reading, short pauses
+    return pcm_s16le(load_wav(audio_dir / "ljspeech_LJ001-0001_to_0008.wav"))  # 52 s of reading, short pauses
 
 
 async def feed(stt: OptimizedRealtimeSTT, data: bytes, chunk: int = CHUNK) -> None:
@@ -222,7 +218,7 @@ async def test_time_offset_and_seq_start_continue_a_resumed_session(jfk):
 async def test_noise_gives_no_events_but_status(audio_dir):
     engine = ScriptedEngine()
     stt = OptimizedRealtimeSTT(engine=engine)
-    events = await stream(stt, pcm(load_wav(audio_dir / "silence_noise.wav")))
+    events = await stream(stt, pcm_s16le(load_wav(audio_dir / "silence_noise.wav")))
     assert {e["type"] for e in events} == {"status"}
     assert engine.calls == []  # non-speech never reaches the engine
     assert len(stt.buffer) <= PAD + 4 * 512 + CHUNK  # and is not kept
@@ -439,7 +435,7 @@ def jfk_with_a_pause(audio_dir: Path, pause: float) -> tuple[bytes, float]:
     jfk = load_wav(audio_dir / "jfk.wav")  # speech 0.32-2.24 s and 5.44-7.62 s, among others
     gap = np.zeros(int(pause * SR), dtype=np.float32)
     audio = np.concatenate([jfk[: int(2.4 * SR)], gap, jfk[int(5.4 * SR) : 8 * SR], np.zeros(SR, np.float32)])
-    return pcm(audio), 2.4 + pause + 0.04
+    return pcm_s16le(audio), 2.4 + pause + 0.04
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..exceptions import DecodeError
-from .decoder import SAMPLE_RATE
+from .decoder import SAMPLE_RATE, pcm_s16le
 from .ffmpeg import find_ffmpeg
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class AudioRecorder:
         if self._proc is None:
             await self.start()
         assert self._proc is not None and self._proc.stdin is not None
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        pcm = pcm_s16le(samples)
         try:
             self._proc.stdin.write(pcm)
             await asyncio.wait_for(self._proc.stdin.drain(), STALL_SECONDS)

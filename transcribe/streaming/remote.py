@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
+from ..audio.decoder import pcm_s16le
 from ..conf import transcribe_settings
 from ..engines.base import DecodeOptions, Segment, Transcription, Word
 from ..exceptions import EngineError, EngineUnavailableError
@@ -65,7 +66,7 @@ LAYER_ERRORS = _layer_errors()
 def encode_job(
     job: str, reply: str, audio: np.ndarray, language: str | None, options: DecodeOptions
 ) -> dict[str, Any]:
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()  # half of float32's size
+    pcm = pcm_s16le(audio)  # half of float32's size; the worker reads back the same samples
     temperature = options.temperature
     return {
         "type": JOB_TYPE,

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..audio.decoder import pcm_s16le
 from .realtime import SAMPLE_RATE, Event, OptimizedRealtimeSTT
+
+__all__ = ["StreamReport", "pcm_s16le", "replay"]
 
 
 @dataclass
@@ -53,14 +56,6 @@ class StreamReport:
     def rtf(self) -> float:
         """Inference seconds per audio second (CPU cost of transcription)."""
         return round(self.inference_seconds / self.duration, 4) if self.duration else 0.0
-
-
-def pcm_s16le(samples: npt.NDArray[np.float32]) -> bytes:
-    """The inverse of the decoders' ``int16 / 32768``: a clip read as floats goes back to its own
-    bytes, so a replay hears what a client streaming the file sends. (Scaling by 32767 and
-    truncating moved most samples by one step, and that was enough to change a word of tiny.en's:
-    jfk's "And not." came out "Ask not!" in-process only.)"""
-    return np.round(np.clip(samples, -1, 1) * 32768).clip(-32768, 32767).astype("<i2").tobytes()
 
 
 async def replay(
