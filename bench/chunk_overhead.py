@@ -1,6 +1,6 @@
 """Per-chunk server handling time, inference excluded: the seed's naive pipeline vs ours.
 
-    python bench/chunk_overhead.py [--seconds 30] [--chunk-ms 250] [--set vad_runtime=onnxruntime] [--verbose]
+    python bench/chunk_overhead.py [--seconds 30] [--chunk-ms 250] [--real-time] [--set vad_runtime=onnxruntime] [--verbose]
 
 Both pipelines get the same WebM/Opus stream (a real clip from ../shared/audio, encoded once,
 looped to --seconds) in the same process, chunk by chunk as a browser's MediaRecorder sends it.
@@ -12,7 +12,9 @@ looped to --seconds) in the same process, chunk by chunk as a browser's MediaRec
 - after: ``OptimizedRealtimeSTT.process_audio_chunk`` with one persistent ffmpeg through asyncio
   pipes (WebM), or no decoder at all (pcm_s16le); VAD and endpointing included, inference
   excluded (a no-op engine). ``--set`` passes streaming settings (``StreamingConfig`` fields) to
-  it, to time one lever: ``--set vad_runtime=onnxruntime``.
+  it, to time one lever: ``--set vad_runtime=onnxruntime``. Chunks follow each other after a 5 ms
+  pause (time for ffmpeg to answer), or ``--real-time`` one chunk_ms apart as on a live socket,
+  where caches go cold between chunks and each costs more.
 
 Prints one JSON line; ratios are before/after in this run.
 """
@@ -155,8 +157,9 @@ def before(chunks: list[bytes]) -> list[float]:
     return times
 
 
-async def after(chunks: list[bytes], fmt: str, chunk_ms: int, config: dict[str, str]) -> list[float]:
-    """Ours: time in process_audio_chunk plus the PCM callbacks it causes (VAD, buffer, events)."""
+async def after(chunks: list[bytes], fmt: str, pause: float, config: dict[str, str]) -> list[float]:
+    """Ours: time in process_audio_chunk plus the PCM callbacks it causes (VAD, buffer, events),
+    ``pause`` seconds between chunks."""
     stt = OptimizedRealtimeSTT(engine=NoInference(), fmt=fmt, **config)
     times = []
     for chunk in chunks:
@@ -166,19 +169,20 @@ async def after(chunks: list[bytes], fmt: str, chunk_ms: int, config: dict[str, 
         feed = time.perf_counter() - started
         # Callbacks that ran inside the feed (all of them for PCM) are in its time already.
         inside = len(stt.stats.seconds)
-        await asyncio.sleep(chunk_ms / 1000 / 50)  # let ffmpeg answer (it runs beside the loop)
+        await asyncio.sleep(pause)  # ffmpeg answers meanwhile (it runs beside the loop)
         times.append(feed + sum(list(stt.stats.seconds)[inside:]))
     await stt.flush()
     await stt.close()
     return times
 
 
-def measure(fn):  # type: ignore[no-untyped-def]
-    """Times from a plain run; peak Python allocations from a second run under tracemalloc
-    (tracing slows allocation-heavy code, so it must not overlap the timing)."""
-    times = fn()
+def measure(fn, pause: float, fast: float):  # type: ignore[no-untyped-def]
+    """Times from a plain run ``pause`` seconds between chunks; peak Python allocations from a
+    second run under tracemalloc, ``fast`` apart (tracing slows allocation-heavy code, so it must not
+    overlap the timing; the pace does not change what is allocated)."""
+    times = fn(pause)
     tracemalloc.start()
-    fn()
+    fn(fast)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return times, peak
@@ -199,6 +203,7 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--chunk-ms", type=int, default=250)
+    parser.add_argument("--real-time", action="store_true", help="chunks chunk_ms apart, as on a live socket")
     parser.add_argument(
         "--set",
         metavar="KEY=VALUE,...",
@@ -215,16 +220,21 @@ def main() -> None:
     step = SAMPLE_RATE * 2 * args.chunk_ms // 1000
     pcm_chunks = [pcm_bytes[i : i + step] for i in range(0, len(pcm_bytes), step)]
 
-    asyncio.run(after(pcm_chunks[:8], "pcm_s16le", args.chunk_ms, config))  # warm-up: VAD model, imports
-    before_times, before_peak = measure(lambda: before(webm_chunks))
-    webm_times, webm_peak = measure(lambda: asyncio.run(after(webm_chunks, "webm", args.chunk_ms, config)))
-    pcm_times, pcm_peak = measure(lambda: asyncio.run(after(pcm_chunks, "pcm_s16le", args.chunk_ms, config)))
+    fast = args.chunk_ms / 1000 / 50
+    pause = args.chunk_ms / 1000 if args.real_time else fast
+    asyncio.run(after(pcm_chunks[:8], "pcm_s16le", fast, config))  # warm-up: VAD model, imports
+    before_times, before_peak = measure(lambda _: before(webm_chunks), 0, 0)
+    webm_times, webm_peak = measure(lambda p: asyncio.run(after(webm_chunks, "webm", p, config)), pause, fast)
+    pcm_times, pcm_peak = measure(
+        lambda p: asyncio.run(after(pcm_chunks, "pcm_s16le", p, config)), pause, fast
+    )
     b, w, p = stats(before_times), stats(webm_times), stats(pcm_times)
     result = {
         "bench": "chunk_overhead",
         "audio_seconds": args.seconds,
         "chunk_ms": args.chunk_ms,
         "chunks": len(webm_chunks),
+        "pause_ms": round(pause * 1000, 1),
         "settings": config,
         "before_webm": {**b, "peak_alloc_mib": round(before_peak / 2**20, 2)},
         "after_webm": {**w, "peak_alloc_mib": round(webm_peak / 2**20, 2)},

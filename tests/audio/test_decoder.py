@@ -228,6 +228,38 @@ async def test_streaming_decoder_emits_pcm_before_the_stream_ends(blobs):
         await dec.close()
 
 
+async def test_streaming_decoder_hands_on_each_chunk_in_one_piece(blobs, monkeypatch):
+    """ffmpeg answers a written chunk one 20 ms packet at a time; the decoder gathers them, so the
+    VAD runs once per chunk. (A wider gathering window here than the shipped 2 ms, so that a loaded
+    machine, where ffmpeg's packets come further apart, cannot split a chunk.)"""
+    monkeypatch.setattr("transcribe.audio.decoder.GATHER_SECONDS", 0.05)
+    out = Collector()
+    dec = StreamingDecoder("webm", out)
+    data = blobs["webm"]
+    chunk = len(data) // 44  # jfk's 11 s in 250 ms pieces, as a MediaRecorder sends them
+    handed_on = []
+    try:
+        for start in range(0, chunk * 12, chunk):
+            before = len(out.pieces)
+            await dec.feed(data[start : start + chunk])
+            await asyncio.sleep(0.2)
+            handed_on.append(len(out.pieces) - before)
+    finally:
+        await dec.close()
+    assert max(handed_on) == 1 and sum(handed_on) >= 10, handed_on
+
+
+async def test_streaming_decoder_hands_on_a_fast_stream_a_second_at_most(blobs, source):
+    """Fed all at once, the audio still comes in bounded pieces, and all of it."""
+    out = Collector()
+    dec = StreamingDecoder("webm", out)
+    await dec.feed(blobs["webm"])
+    await dec.close()
+    sizes = [len(piece) for piece in out.pieces]
+    assert len(sizes) > 1 and max(sizes) <= SR + 16 * 1024 // 2, sizes
+    assert abs(sum(sizes) - len(source)) / SR <= 0.020
+
+
 async def test_close_without_start_and_twice_is_harmless(blobs):
     dec = StreamingDecoder("webm", Collector())
     await dec.close()

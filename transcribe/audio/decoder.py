@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..exceptions import DecodeError
-from .ffmpeg import find_ffmpeg
+from .ffmpeg import find_ffmpeg, write_to_pipe
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ CONTAINER_FORMATS = {"webm": "webm", "ogg": "ogg", "wav": "wav"}
 PCM_FORMATS = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
 FORMATS = (*PCM_FORMATS, *CONTAINER_FORMATS)
 READ_SIZE = 16 * 1024
+GATHER_SECONDS = 0.002  # ffmpeg's output for one written chunk ends after this much quiet
+GATHER_BYTES = 2 * SAMPLE_RATE  # but at most a second of audio is held (a stream sent faster)
 STDERR_LIMIT = 4096
 # An ffmpeg that takes no input for this long (stopped, deadlocked) is killed and reported as bad
 # audio; the next frame starts a fresh one. Without it a hung decoder would hold the socket forever.
@@ -175,11 +177,24 @@ class StreamingDecoder:
 
     async def _read_pcm(self) -> None:
         assert self._proc and self._proc.stdout
+        stdout = self._proc.stdout
         pending = bytearray()
-        while chunk := await self._proc.stdout.read(READ_SIZE):
+        while chunk := await stdout.read(READ_SIZE):
             if self._error is not None:
                 continue  # keep draining: a full pipe would stall ffmpeg and keep its pipes open
             pending += chunk
+            # ffmpeg hands back a chunk's audio one 20 ms packet at a time, over 2-3 ms: gathered,
+            # the VAD and the endpointer run once per chunk instead of 2-5 times, at the cost of
+            # GATHER_SECONDS of latency.
+            while len(pending) < GATHER_BYTES:
+                try:
+                    async with asyncio.timeout(GATHER_SECONDS):
+                        chunk = await stdout.read(READ_SIZE)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break  # end of stream: hand on what is here, the outer read ends the loop
+                pending += chunk
             usable = len(pending) // 2 * 2
             if usable:
                 samples = s16le_to_float32(memoryview(pending)[:usable])
@@ -227,8 +242,7 @@ class StreamingDecoder:
         if self._error is not None or self._proc.returncode is not None:
             raise await self._fail()
         try:
-            self._proc.stdin.write(data)
-            await asyncio.wait_for(self._proc.stdin.drain(), STALL_SECONDS)
+            await write_to_pipe(self._proc.stdin, data, STALL_SECONDS)
         except (BrokenPipeError, ConnectionResetError):
             raise await self._fail() from None
         except TimeoutError:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from ..exceptions import DecodeError
 from .decoder import SAMPLE_RATE, pcm_s16le
-from .ffmpeg import find_ffmpeg
+from .ffmpeg import find_ffmpeg, write_to_pipe
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ class AudioRecorder:
         assert self._proc is not None and self._proc.stdin is not None
         pcm = pcm_s16le(samples)
         try:
-            self._proc.stdin.write(pcm)
-            await asyncio.wait_for(self._proc.stdin.drain(), STALL_SECONDS)
+            await write_to_pipe(self._proc.stdin, pcm, STALL_SECONDS)
         except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
             self.failed = True
             logger.error("The audio recorder stopped (%r); the transcript goes on without it", exc)
