@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.conftest import corpus_wer, normalize, wer, word_errors  # noqa: E402
-from transcribe.client import StreamResult, stream_audio  # noqa: E402
+from transcribe.client import AudioFormat, StreamResult, encode_webm, stream_audio  # noqa: E402
 
 __all__ = ["corpus_wer", "normalize", "wer"]
 
@@ -634,15 +634,19 @@ async def stream(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     stop_timeout: float = 60.0,
     token: str | None = None,
+    fmt: AudioFormat = "pcm_s16le",
 ) -> SessionMetrics:
-    """Stream pcm_s16le through one session of ``server`` (no resume: a drop is an error here)."""
+    """Stream ``pcm`` through one session of ``server`` (no resume: a drop is an error here), as
+    pcm_s16le or encoded to WebM/Opus (``fmt="webm"``: the browser's path, cut at even byte
+    offsets, so a frame's audio and the time it is counted from may differ by a few tens of ms)."""
+    audio = await encode_webm(pcm) if fmt == "webm" else pcm
     try:
         result = await stream_audio(
             server.url,
-            pcm,
+            audio,
             len(pcm) / BYTES_PER_SECOND,
             token=token or server.token,
-            fmt="pcm_s16le",
+            fmt=fmt,
             speed=speed,
             chunk_ms=chunk_ms,
             title=title,

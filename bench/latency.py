@@ -1,12 +1,13 @@
 """End-to-end latency, lag, CPU and memory through the real server, at real time.
 
-    python bench/latency.py [--clips a.wav,b.wav] [--chunk-ms 250] [--baseline KEY=VALUE,...] [--verbose] [--smoke]
+    python bench/latency.py [--clips a.wav,b.wav] [--chunk-ms 250] [--format pcm_s16le|webm] [--baseline KEY=VALUE,...] [--verbose] [--smoke]
     python bench/latency.py --soak 60 [--verbose]
 
 Starts daphne on a free localhost port with the demo project's settings (DJANGO_DEBUG=0, a temporary
 SQLite file, the bundled tiny.en) and streams each speech clip of ../shared/audio through its own
 session with the reference client (``transcribe.client.stream_audio``): pcm_s16le frames of
-``--chunk-ms`` paced at real time, half a second of the recorded noise clip before the speech and 1.5 s
+``--chunk-ms`` (or WebM/Opus cut into pieces of that much audio, ``--format webm``, as a browser's
+MediaRecorder sends it) paced at real time, half a second of the recorded noise clip before the speech and 1.5 s
 after it, as an open microphone would send. Per utterance it measures
 
 - final latency: when the final arrived minus when the frame holding its ``end`` was sent;
@@ -79,7 +80,7 @@ def summarize(
 
 
 async def run_config(
-    site: h.Site, name: str, overrides: dict[str, Any], clips: list[str], chunk_ms: float
+    site: h.Site, name: str, overrides: dict[str, Any], clips: list[str], chunk_ms: float, fmt: str
 ) -> dict[str, Any]:
     server = site.server(name, overrides)
     try:
@@ -92,7 +93,7 @@ async def run_config(
             cpu0 = tree.cpu_seconds()
             for clip in clips:
                 audio = h.program([clip])
-                m = await h.stream(server, audio.pcm, chunk_ms=chunk_ms, title=f"latency {clip}")
+                m = await h.stream(server, audio.pcm, chunk_ms=chunk_ms, title=f"latency {clip}", fmt=fmt)
                 sessions.append(m)
                 pairs.append((texts[clip], m.text))
             await server.wait_idle(timeout=60)  # work still running for the last session counts
@@ -178,6 +179,12 @@ def main() -> None:
     )
     parser.add_argument("--clips", help="comma-separated clip names (default: every speech clip)")
     parser.add_argument("--chunk-ms", type=float, default=250.0, help="audio per frame (100-250 ms)")
+    parser.add_argument(
+        "--format",
+        choices=["pcm_s16le", "webm"],
+        default="pcm_s16le",
+        help="what the client sends: raw PCM, or WebM/Opus as a browser does",
+    )
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="one long session instead (ours only)")
     parser.add_argument("--smoke", action="store_true", help="one short clip only, a quick check")
     parser.add_argument(
@@ -219,7 +226,7 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     with h.deadline(2 * (audio_s * 1.5 + 240), "latency"), h.Site() as site:
         for name, overrides in (("baseline", baseline), ("ours", {})):
-            results[name] = asyncio.run(run_config(site, name, overrides, clips, args.chunk_ms))
+            results[name] = asyncio.run(run_config(site, name, overrides, clips, args.chunk_ms, args.format))
     base, ours = results["baseline"], results["ours"]
     keys = [
         "final_p50_ms",
@@ -246,6 +253,7 @@ def main() -> None:
             "bench": "latency",
             "speed": 1.0,
             "chunk_ms": args.chunk_ms,
+            "format": args.format,
             "clips": clips,
             "baseline_overrides": baseline,
             **results,

@@ -265,10 +265,12 @@ async def encode_audio(path: str | Path, fmt: AudioFormat = "pcm_s16le") -> tupl
     duration = len(pcm) / PCM_BYTES_PER_SECOND
     if fmt == "pcm_s16le":
         return pcm, duration
-    return await _encode_webm(pcm, f"encode {path} to WebM/Opus"), duration
+    return await encode_webm(pcm, f"encode {path} to WebM/Opus"), duration
 
 
-async def _encode_webm(pcm: bytes, what: str) -> bytes:
+async def encode_webm(pcm: bytes, what: str = "encode the audio to WebM/Opus") -> bytes:
+    """16 kHz mono s16le to WebM/Opus, as a browser's MediaRecorder sends it (``what`` names the
+    step in a DecodeError)."""
     return await _run_ffmpeg(
         ["-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0", *WEBM_ENCODE_ARGS, "pipe:1"],
         pcm,
@@ -427,7 +429,7 @@ class _ReplaySource:
         seconds = len(rest) / PCM_BYTES_PER_SECOND
         if self.fmt == "pcm_s16le":
             return list(iter_chunks(rest, "pcm_s16le", seconds, self.chunk_ms))
-        webm = await _encode_webm(rest, f"encode the audio from {offset:.3f} s on to resume")
+        webm = await encode_webm(rest, f"encode the audio from {offset:.3f} s on to resume")
         return list(iter_chunks(webm, "webm", seconds, self.chunk_ms))
 
     async def _decoded(self) -> bytes:
