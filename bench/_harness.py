@@ -635,11 +635,13 @@ async def stream(
     stop_timeout: float = 60.0,
     token: str | None = None,
     fmt: AudioFormat = "pcm_s16le",
+    webm: bytes | None = None,
 ) -> SessionMetrics:
     """Stream ``pcm`` through one session of ``server`` (no resume: a drop is an error here), as
     pcm_s16le or encoded to WebM/Opus (``fmt="webm"``: the browser's path, cut at even byte
-    offsets, so a frame's audio and the time it is counted from may differ by a few tens of ms)."""
-    audio = await encode_webm(pcm) if fmt == "webm" else pcm
+    offsets; the first piece also holds the header, so every piece's audio leaves about 0.1 s
+    later than the time it is counted from). ``webm``: that encoding, made once by the caller."""
+    audio = (webm or await encode_webm(pcm)) if fmt == "webm" else pcm
     try:
         result = await stream_audio(
             server.url,

@@ -1,13 +1,14 @@
 """N simultaneous real-time sessions against one real server: latency, lag, CPU, memory, capacity.
 
     python bench/concurrency.py [--levels 1,2,4,8,16] [--clips a.wav,b.wav] [--max-sessions 32]
-                                [--baseline KEY=VALUE,...] [--verbose] [--smoke]
+                                [--format pcm_s16le|webm] [--baseline KEY=VALUE,...] [--verbose] [--smoke]
 
 Starts one daphne on a free localhost port (demo project settings, DJANGO_DEBUG=0, a temporary SQLite
 file, MAX_SESSIONS raised to ``--max-sessions`` so that the levels measure the pipeline, not the
 limit) and, for each level N, opens N sessions with the reference client at once (each starting within
 ``--stagger`` seconds, as independent users would). Every session streams the same program at real
-time: the clips with 1.5 s of the recorded noise clip after each, pcm_s16le in 250 ms frames. Between
+time: the clips with 1.5 s of the recorded noise clip after each, pcm_s16le in 250 ms frames (or
+WebM/Opus cut into 250 ms pieces, ``--format webm``, as browsers send it). Between
 levels the server is left to go idle, so a level's leftover work is not charged to the next one.
 
 Per level: final latency p50/p95 (after the frame holding the final's last audio was sent), first
@@ -43,21 +44,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # noqa: E402
 
+from transcribe.client import AudioFormat, encode_webm  # noqa: E402
+
 END_LAG_LIMIT_MS = 2000
 FINAL_P95_LIMIT_MS = 2500
 DEFAULT_CLIPS = "jfk.wav,librispeech_2412-153948-0000.wav,librispeech_1272-128104-0000.wav"
 
 
 async def run_level(
-    site: h.Site, server: h.Server, n: int, audio: h.Program, stagger: float, seed: int, tokens: list[str]
+    site: h.Site,
+    server: h.Server,
+    n: int,
+    audio: h.Program,
+    stagger: float,
+    seed: int,
+    tokens: list[str],
+    fmt: AudioFormat,
 ) -> dict[str, Any]:
     rng = random.Random(seed + n)
     tree = server.tree
+    webm = await encode_webm(audio.pcm) if fmt == "webm" else None  # once, not in every session
 
     async def one(i: int) -> h.SessionMetrics:
         await asyncio.sleep(rng.uniform(0, stagger) if i else 0.0)
         return await h.stream(
-            server, audio.pcm, title=f"concurrency {n}.{i}", stop_timeout=90, token=tokens[i % len(tokens)]
+            server,
+            audio.pcm,
+            title=f"concurrency {n}.{i}",
+            stop_timeout=90,
+            token=tokens[i % len(tokens)],
+            fmt=fmt,
+            webm=webm,
         )
 
     started = time.monotonic()
@@ -135,7 +152,7 @@ async def run(
             await server.wait_idle(timeout=30)
         for n in levels:
             for name, server in servers.items():
-                row = await run_level(site, server, n, audio, args.stagger, args.seed, tokens)
+                row = await run_level(site, server, n, audio, args.stagger, args.seed, tokens, args.format)
                 rows[name].append(row)
                 if args.verbose:
                     print(
@@ -167,6 +184,12 @@ def main() -> None:
     parser.add_argument("--max-sessions", type=int, default=32, help="the server's MAX_SESSIONS")
     parser.add_argument("--stagger", type=float, default=2.0, help="sessions start within this many seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--format",
+        choices=["pcm_s16le", "webm"],
+        default="pcm_s16le",
+        help="what the clients send: raw PCM, or WebM/Opus as a browser does",
+    )
     parser.add_argument("--keep-going", action="store_true", help="run the levels after one that timed out")
     parser.add_argument(
         "--baseline",
@@ -218,6 +241,7 @@ def main() -> None:
     h.emit(
         {
             "bench": "concurrency",
+            "format": args.format,
             "speed": 1.0,
             "clips": clips,
             "session_audio_s": round(audio.duration, 1),
