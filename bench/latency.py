@@ -1,7 +1,7 @@
 """End-to-end latency, lag, CPU and memory through the real server, at real time.
 
     python bench/latency.py [--clips a.wav,b.wav] [--chunk-ms 250] [--format pcm_s16le|webm] [--baseline KEY=VALUE,...] [--verbose] [--smoke]
-    python bench/latency.py --soak 60 [--verbose]
+    python bench/latency.py --soak 60 [--format pcm_s16le|webm] [--verbose]
 
 Starts daphne on a free localhost port with the demo project's settings (DJANGO_DEBUG=0, a temporary
 SQLite file, the bundled tiny.en) and streams each speech clip of ../shared/audio through its own
@@ -42,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h  # noqa: E402
 
+from transcribe.client import AudioFormat, encode_webm  # noqa: E402
+
 TARGETS = {"final_p50_ms": 1000, "final_p95_ms": 2000, "first_partial_p50_ms": 600, "cpu_s_per_audio_s": 0.5}
 
 
@@ -80,7 +82,7 @@ def summarize(
 
 
 async def run_config(
-    site: h.Site, name: str, overrides: dict[str, Any], clips: list[str], chunk_ms: float, fmt: str
+    site: h.Site, name: str, overrides: dict[str, Any], clips: list[str], chunk_ms: float, fmt: AudioFormat
 ) -> dict[str, Any]:
     server = site.server(name, overrides)
     try:
@@ -117,12 +119,15 @@ async def run_config(
         server.stop()
 
 
-async def run_soak(site: h.Site, minutes: float, chunk_ms: float, clips: list[str]) -> dict[str, Any]:
+async def run_soak(
+    site: h.Site, minutes: float, chunk_ms: float, clips: list[str], fmt: AudioFormat
+) -> dict[str, Any]:
     server = site.server("soak", {})
     try:
         await h.warm_up(server)
         await server.wait_idle(timeout=30)
         audio = h.program(clips, gap=3.0, minutes=minutes)
+        webm = await encode_webm(audio.pcm) if fmt == "webm" else None  # before the clock starts
         tree = server.tree
         latest: dict[str, Any] = {"lag_ms": 0.0}
 
@@ -133,7 +138,14 @@ async def run_soak(site: h.Site, minutes: float, chunk_ms: float, clips: list[st
         with h.Sampler(tree, 10.0, extra=lambda: dict(latest)) as sampler:
             cpu0 = tree.cpu_seconds()
             m = await h.stream(
-                server, audio.pcm, chunk_ms=chunk_ms, title="soak", on_event=on_event, stop_timeout=120
+                server,
+                audio.pcm,
+                chunk_ms=chunk_ms,
+                title="soak",
+                on_event=on_event,
+                stop_timeout=120,
+                fmt=fmt,
+                webm=webm,
             )
             await server.wait_idle(timeout=60)
             cpu_s = tree.cpu_seconds() - cpu0
@@ -204,7 +216,7 @@ def main() -> None:
     if args.soak:
         # The stream itself, plus start-up and the final drain.
         with h.deadline(args.soak * 60 * 1.2 + 300, "latency --soak"), h.Site() as site:
-            soak = asyncio.run(run_soak(site, args.soak, args.chunk_ms, clips))
+            soak = asyncio.run(run_soak(site, args.soak, args.chunk_ms, clips, args.format))
         series = soak.pop("series")
         if args.verbose:
             print(h.table(series, ["t_s", "lag_ms", "rss_mib"]), file=sys.stderr)
@@ -214,6 +226,7 @@ def main() -> None:
             {
                 "bench": "latency_soak",
                 "chunk_ms": args.chunk_ms,
+                "format": args.format,
                 "clips": clips,
                 **soak,
                 "series": series,
