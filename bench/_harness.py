@@ -17,6 +17,7 @@ frame that carries it was sent.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import contextlib
@@ -34,7 +35,7 @@ import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -62,6 +63,16 @@ BASELINE_OVERRIDES: dict[str, Any] = {
     "PARTIAL_SHARE": 1.0,
     "BLAS_THREADS": 0,
 }
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    """``--format``: what the clients send, raw PCM or WebM/Opus as a browser does."""
+    parser.add_argument(
+        "--format",
+        choices=get_args(AudioFormat),
+        default="pcm_s16le",
+        help="what the clients send: raw PCM, or WebM/Opus as a browser does",
+    )
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

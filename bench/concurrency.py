@@ -184,12 +184,7 @@ def main() -> None:
     parser.add_argument("--max-sessions", type=int, default=32, help="the server's MAX_SESSIONS")
     parser.add_argument("--stagger", type=float, default=2.0, help="sessions start within this many seconds")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--format",
-        choices=["pcm_s16le", "webm"],
-        default="pcm_s16le",
-        help="what the clients send: raw PCM, or WebM/Opus as a browser does",
-    )
+    h.add_format_argument(parser)
     parser.add_argument("--keep-going", action="store_true", help="run the levels after one that timed out")
     parser.add_argument(
         "--baseline",

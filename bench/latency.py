@@ -191,12 +191,7 @@ def main() -> None:
     )
     parser.add_argument("--clips", help="comma-separated clip names (default: every speech clip)")
     parser.add_argument("--chunk-ms", type=float, default=250.0, help="audio per frame (100-250 ms)")
-    parser.add_argument(
-        "--format",
-        choices=["pcm_s16le", "webm"],
-        default="pcm_s16le",
-        help="what the client sends: raw PCM, or WebM/Opus as a browser does",
-    )
+    h.add_format_argument(parser)
     parser.add_argument("--soak", type=float, metavar="MINUTES", help="one long session instead (ours only)")
     parser.add_argument("--smoke", action="store_true", help="one short clip only, a quick check")
     parser.add_argument(
